@@ -1,0 +1,37 @@
+"""NEFTune (noisy embedding fine-tuning, Jain et al. 2023) as a one-line, correct part of the PyTorch/HF stack.
+
+`import neftune` needs only torch; the trainer integrations load lazily and name the extra they need.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._lazy import LAZY_NAMES, load_lazy
+from ._version import __version__
+from .apply import NEFTuneHandle, apply_neftune, disable_noise, is_neftune_active, remove_neftune
+from .config import NEFTuneConfig
+from .errors import NEFTuneError
+
+__all__ = [
+    "NEFTuneConfig",
+    "NEFTuneError",
+    "NEFTuneHandle",
+    "__version__",
+    "apply_neftune",
+    "disable_noise",
+    "is_neftune_active",
+    "remove_neftune",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in LAZY_NAMES:
+        value = load_lazy(name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'neftune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(LAZY_NAMES))

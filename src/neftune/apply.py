@@ -1,0 +1,206 @@
+"""`apply_neftune`, its handle, and the model-wide helpers `remove_neftune`, `is_neftune_active`, `disable_noise`."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from types import TracebackType
+
+from torch import nn
+
+from .call_context import LayoutRecorder
+from .config import NEFTuneConfig, as_config
+from .discovery import FilterFn, ancestors, select_targets
+from .errors import NEFTuneError
+from .hook import NoiseHook, NoiseState
+from .registry import noise_hooks, noise_states, remove_hooks
+
+_TRANSFORMERS_HOOK_NAME = "neftune_post_forward_hook"
+_warned_alpha_zero = False
+
+
+class NEFTuneHandle:
+    """What `apply_neftune` returns: the hooked modules, the config, and the way to undo it.
+
+    Use it as a context manager to remove the noise even if training raises:
+
+    ```python
+    with apply_neftune(model, 5.0):
+        trainer.train()
+    ```
+    """
+
+    def __init__(self, model: nn.Module, config: NEFTuneConfig, modules: tuple[nn.Module, ...], state: NoiseState):
+        self._model = model
+        self._config = config
+        self._modules = modules
+        self._state = state
+        self._removed = not modules
+
+    @property
+    def config(self) -> NEFTuneConfig:
+        """The `NEFTuneConfig` in force."""
+        return self._config
+
+    @property
+    def modules(self) -> tuple[nn.Module, ...]:
+        """The modules whose output is noised (empty when alpha is 0)."""
+        return self._modules
+
+    @property
+    def active(self) -> bool:
+        """True until `remove()` is called (False from the start when alpha is 0)."""
+        return not self._removed
+
+    def remove(self) -> int:
+        """Remove every hook of this application from the model, also from copies PEFT made; idempotent.
+
+        Returns:
+            `int`: the number of noise hooks removed (0 on a second call).
+        """
+        self._removed = True
+        return remove_hooks(self._model, self._state)
+
+    def __enter__(self) -> NEFTuneHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        config = self._config
+        return (
+            f"NEFTuneHandle(alpha={config.alpha}, scaling={config.scaling!r}, "
+            f"modules={len(self._modules)}, active={self.active})"
+        )
+
+
+def _carries_transformers_neftune(module: nn.Module) -> bool:
+    if "neftune_noise_alpha" in vars(module):
+        return True
+    return any(getattr(hook, "__name__", None) == _TRANSFORMERS_HOOK_NAME for hook in module._forward_hooks.values())
+
+
+def _refuse_conflicts(model: nn.Module, path: str, target: nn.Module) -> None:
+    """A target, anything inside it, or anything around it already noised means double noise."""
+    for module in [*target.modules(), *ancestors(model, target)]:
+        for hook in noise_hooks(module):
+            raise NEFTuneError(
+                f"NEFTune is already active on '{path}' (alpha={hook.state.config.alpha}); "
+                "call remove_neftune(model) or handle.remove() first."
+            )
+        if _carries_transformers_neftune(module):
+            raise NEFTuneError(
+                f"'{path}' already carries transformers' own NEFTune hook (neftune_noise_alpha); the noise would be "
+                "added twice. Leave TrainingArguments.neftune_noise_alpha unset when using neftune."
+            )
+
+
+def apply_neftune(
+    model: nn.Module,
+    alpha_or_config: float | NEFTuneConfig = 5.0,
+    *,
+    filter_fn: FilterFn | None = None,
+    module: nn.Module | None = None,
+) -> NEFTuneHandle:
+    """Add NEFTune noise to a model's input embeddings during training.
+
+    In training mode (the hooked module's `training` flag) every forward adds fresh noise
+    `Uniform(-1, 1) * alpha / sqrt(L * d)` to the embedding output, where `d` is the hidden size and, by default,
+    `L` is each sequence's own number of real tokens, with no noise on padding (the paper's training code,
+    [Jain et al. 2023](https://arxiv.org/abs/2310.05914)). In eval mode the model is untouched.
+
+    Args:
+        model (`torch.nn.Module`):
+            The model; DDP/FSDP/DeepSpeed/accelerate and `torch.compile` wrappers and PEFT models are accepted.
+        alpha_or_config (`float` or `NEFTuneConfig`, defaults to 5.0):
+            The noise magnitude alpha, or a full `NEFTuneConfig`. 0 applies nothing (and warns).
+        filter_fn (`Callable[[nn.Module, str], bool]`, *optional*):
+            Selects the module(s) to noise by `(module, qualified_name)`, for models without
+            `get_input_embeddings()`.
+        module (`torch.nn.Module`, *optional*):
+            The exact module to noise. Takes precedence over everything else.
+
+    Returns:
+        `NEFTuneHandle`: `.remove()` (or leave its `with` block) to take the noise off.
+
+    Raises:
+        `NEFTuneError` (a `ValueError`): bad alpha, no embedding found, or NEFTune already active.
+        `TypeError`: alpha is not a number.
+
+    Example:
+        ```python
+        from neftune import apply_neftune
+
+        handle = apply_neftune(model, alpha=5.0)
+        model.train()
+        loss = model(**batch).loss  # embeddings noised
+        handle.remove()
+        ```
+    """
+    config = as_config(alpha_or_config)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"apply_neftune needs a torch.nn.Module, got {type(model).__name__}.")
+    targets = select_targets(model, module, filter_fn)
+    for path, target in targets:
+        _refuse_conflicts(model, path, target)
+    state = NoiseState(config)
+    if config.alpha == 0:
+        _warn_alpha_zero()
+        return NEFTuneHandle(model, config, (), state)
+
+    recorded: set[int] = set()
+    for path, target in targets:
+        target.register_forward_hook(NoiseHook(state, path or type(target).__name__))
+        for ancestor in ancestors(model, target):
+            if id(ancestor) in recorded:
+                continue
+            recorded.add(id(ancestor))
+            recorder = LayoutRecorder.for_module(state.stack, ancestor)
+            ancestor.register_forward_pre_hook(recorder.before, with_kwargs=True)
+            ancestor.register_forward_hook(recorder.after, always_call=True)
+    return NEFTuneHandle(model, config, tuple(target for _, target in targets), state)
+
+
+def _warn_alpha_zero() -> None:
+    global _warned_alpha_zero
+    if not _warned_alpha_zero:
+        _warned_alpha_zero = True
+        warnings.warn("NEFTune alpha is 0: no noise is added and no hook is registered.", UserWarning, stacklevel=3)
+
+
+def remove_neftune(model: nn.Module) -> int:
+    """Remove every neftune hook anywhere in `model`, including copies PEFT deep-copied after hooking; idempotent.
+
+    Returns:
+        `int`: the number of noise hooks removed.
+    """
+    return remove_hooks(model)
+
+
+def is_neftune_active(model: nn.Module) -> bool:
+    """True if some module of `model` carries a neftune noise hook."""
+    return any(True for module in model.modules() for _ in noise_hooks(module))
+
+
+@contextlib.contextmanager
+def disable_noise(model: nn.Module) -> Iterator[None]:
+    """Inside this block, neftune adds no noise to `model` even in training mode (e.g. reference log-probs).
+
+    Example:
+        ```python
+        with disable_noise(model):
+            reference_logps = model(**batch).logits
+        ```
+    """
+    states = noise_states(model)
+    for state in states:
+        state.suspended += 1
+    try:
+        yield
+    finally:
+        for state in states:
+            state.suspended -= 1

@@ -1,0 +1,110 @@
+"""Where the sequences are in a batch: the inputs that tell real tokens and sequence boundaries apart.
+
+A `BatchLayout` is what the forward that calls the embedding was given. From it, `token_magnitudes`
+computes the paper's per-token noise magnitude `alpha / sqrt(L * d)`, with `L` the length of the sequence
+the token belongs to and zero at padding. Everything stays on the device: no `.item()`, no host sync.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+# Argument names, in the order of precedence the lengths are taken from.
+CU_SEQLENS_NAMES: tuple[str, ...] = ("cu_seq_lens_q", "cu_seqlens")
+POSITION_IDS_NAME = "position_ids"
+ATTENTION_MASK_NAME = "attention_mask"
+LAYOUT_ARGUMENT_NAMES: tuple[str, ...] = (*CU_SEQLENS_NAMES, POSITION_IDS_NAME, ATTENTION_MASK_NAME)
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """The length-bearing inputs of one forward call; any of them may be missing."""
+
+    cu_seqlens: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.cu_seqlens is None and self.position_ids is None and self.attention_mask is None
+
+
+@functools.lru_cache(maxsize=256)
+def scalar_magnitude(alpha: float, numel: int) -> float:
+    """`alpha / sqrt(numel)` rounded exactly as the reference code does it on a float32 CPU tensor.
+
+    Written as `alpha / torch.sqrt(tensor)` (which torch evaluates as `sqrt(tensor).reciprocal() * alpha`)
+    so the value is bit-identical to transformers' hook and the paper's code. CPU only: no device sync.
+    """
+    return float(alpha / torch.sqrt(torch.tensor(numel, dtype=torch.float32)))
+
+
+def _real_token_mask(mask: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
+    """A float32 (batch, seq_len) 0/1 mask, or None if `mask` is absent or does not describe these tokens."""
+    if mask is None or not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return None
+    if tuple(mask.shape) != (batch, seq_len):
+        return None
+    return (mask != 0).to(torch.float32)
+
+
+def _lengths_from_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token segment length and in-a-segment mask from cumulative boundaries over the flattened batch."""
+    bounds = cu_seqlens.to(torch.int64).flatten()
+    token_index = torch.arange(batch * seq_len, device=bounds.device)
+    segment = torch.searchsorted(bounds[1:].contiguous(), token_index, right=True)
+    segment_lengths = bounds.diff().to(torch.float32)
+    last = max(segment_lengths.numel() - 1, 0)
+    lengths = segment_lengths.gather(0, segment.clamp(max=last))
+    inside = (token_index < bounds[-1]).to(torch.float32)
+    return lengths.view(batch, seq_len), inside.view(batch, seq_len)
+
+
+def _lengths_from_position_ids(position_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per-token length of the segment it belongs to; a segment starts where position ids restart at 0.
+
+    Only real tokens count, so a row of arange positions with padding gets the paper's `mask.sum()`.
+    """
+    segment = (position_ids == 0).to(torch.int64).cumsum(-1)
+    counts = torch.zeros(real.shape[0], real.shape[1] + 1, dtype=torch.float32, device=real.device)
+    counts.scatter_add_(1, segment, real)
+    return counts.gather(1, segment)
+
+
+def _position_ids_for(position_ids: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
+    if position_ids is None or not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2:
+        return None  # absent, or multi-axis (M-RoPE) ids that do not mark sequence starts
+    if position_ids.shape[1] != seq_len or position_ids.shape[0] not in (1, batch):
+        return None
+    return position_ids.expand(batch, seq_len)
+
+
+def token_magnitudes(
+    layout: BatchLayout, alpha: float, batch: int, seq_len: int, hidden: int, device: torch.device
+) -> torch.Tensor | None:
+    """The float32 (batch, seq_len) noise magnitude of every token, or None when the layout says nothing.
+
+    None means every row is one full-length sequence; the caller then uses the scalar magnitude.
+    Padding and tokens outside every packed segment get exactly 0; a row without real tokens gets 0, never NaN.
+    """
+    real = _real_token_mask(layout.attention_mask, batch, seq_len)
+    lengths: torch.Tensor | None = None
+    if layout.cu_seqlens is not None:
+        lengths, inside = _lengths_from_cu_seqlens(layout.cu_seqlens.to(device), batch, seq_len)
+        real = inside if real is None else real * inside
+    else:
+        position_ids = _position_ids_for(layout.position_ids, batch, seq_len)
+        if position_ids is not None:
+            if real is None:
+                real = torch.ones(batch, seq_len, dtype=torch.float32, device=device)
+            lengths = _lengths_from_position_ids(position_ids.to(device), real)
+        elif real is not None:
+            lengths = real.sum(-1, keepdim=True)
+    if lengths is None or real is None:
+        return None
+    # clamp: a row of only padding has L = 0; its magnitude is then finite and masked to 0 below.
+    magnitude = alpha / torch.sqrt(lengths.clamp_min(1.0) * hidden)
+    return magnitude * real

@@ -1,0 +1,90 @@
+"""Tiny models and measuring tools shared by the tests (no hub, no network)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class EmbeddingOnlyModel(nn.Module):
+    """The smallest model shape neftune meets: forward takes the layout arguments and returns the embeddings."""
+
+    def __init__(self, vocab: int = 64, hidden: int = 16, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, hidden, dtype=dtype)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+
+def padding_mask(lengths: list[int], seq_len: int, side: str = "right") -> torch.Tensor:
+    mask = torch.zeros(len(lengths), seq_len, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        if side == "right":
+            mask[row, :length] = 1
+        else:
+            mask[row, seq_len - length :] = 1
+    return mask
+
+
+def left_padded_position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids the way transformers' generate builds them for left padding (pads get 1)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+@contextmanager
+def capture_output(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record `module`'s final output (after every hook registered before this one) for each call."""
+    outputs: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _a, out: outputs.append(out.detach().clone()))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def tiny_llama(**overrides: Any) -> nn.Module:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=128,  # 32000
+        hidden_size=32,  # 4096
+        intermediate_size=64,  # 11008
+        num_hidden_layers=2,  # 32
+        num_attention_heads=4,  # 32
+        num_key_value_heads=2,  # 32
+        max_position_embeddings=128,  # 4096
+        **overrides,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def tiny_gpt2() -> nn.Module:
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    config = GPT2Config(
+        vocab_size=128,  # 50257
+        n_embd=32,  # 768
+        n_layer=2,  # 12
+        n_head=4,  # 12
+        n_positions=128,  # 1024
+        embd_pdrop=0.0,
+        resid_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
