@@ -10,10 +10,12 @@ Runs offline on CPU in seconds with a tiny Llama built from a config. For a real
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
 from neftune import apply_neftune, disable_noise
+from neftune.toy import tiny_llama_for, tiny_tokenizer
 
 TEXTS = [
     "Instruction: name a primary colour.\nResponse: Red.",
@@ -23,27 +25,15 @@ TEXTS = [
 ]
 
 
-def load(model_name: str | None) -> tuple[torch.nn.Module, object]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
-
+def load(model_name: str | None) -> tuple[torch.nn.Module, Any]:
     if model_name:
-        return AutoModelForCausalLM.from_pretrained(model_name), AutoTokenizer.from_pretrained(model_name)
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tokenizer.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<unk>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>")
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=fast.pad_token_id,
-    )
-    return AutoModelForCausalLM.from_config(config), fast
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+        return AutoModelForCausalLM.from_pretrained(model_name), tokenizer
+    tokenizer = tiny_tokenizer()
+    return tiny_llama_for(tokenizer, hidden_size=64), tokenizer
 
 
 def main() -> None:
@@ -55,7 +45,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model, tokenizer = load(args.model)
-    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")  # type: ignore[operator]
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 

@@ -15,3 +15,11 @@ def _reset_once_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     import neftune.apply
 
     monkeypatch.setattr(neftune.apply, "_warned_alpha_zero", False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():  # type: ignore[no-untyped-def]
+    pytest.importorskip("transformers")
+    from neftune.toy import tiny_tokenizer
+
+    return tiny_tokenizer()

@@ -5,18 +5,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._lazy import LAZY_NAMES, load_lazy
 from ._version import __version__
 from .apply import NEFTuneHandle, apply_neftune, disable_noise, is_neftune_active, remove_neftune
 from .config import NEFTuneConfig
 from .errors import NEFTuneError
+from .stats import NoiseStats
+
+if TYPE_CHECKING:
+    from .callback import NEFTuneCallback
+    from .trl import NEFTuneSFTConfig, NEFTuneSFTTrainer, SFTConfig, SFTTrainer
 
 __all__ = [
+    "NEFTuneCallback",
     "NEFTuneConfig",
     "NEFTuneError",
     "NEFTuneHandle",
+    "NEFTuneSFTConfig",
+    "NEFTuneSFTTrainer",
+    "NoiseStats",
+    "SFTConfig",
+    "SFTTrainer",
     "__version__",
     "apply_neftune",
     "disable_noise",

@@ -6,7 +6,13 @@ import importlib
 from typing import Any
 
 # public name -> (module that defines it, extra that provides its dependencies)
-LAZY_NAMES: dict[str, tuple[str, str]] = {}
+LAZY_NAMES: dict[str, tuple[str, str]] = {
+    "NEFTuneCallback": ("neftune.callback", "transformers"),
+    "NEFTuneSFTConfig": ("neftune.trl", "trl"),
+    "NEFTuneSFTTrainer": ("neftune.trl", "trl"),
+    "SFTConfig": ("neftune.trl", "trl"),
+    "SFTTrainer": ("neftune.trl", "trl"),
+}
 
 
 def load_lazy(name: str) -> Any:

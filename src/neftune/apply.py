@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator
 from types import TracebackType
@@ -13,8 +14,9 @@ from .call_context import LayoutRecorder
 from .config import NEFTuneConfig, as_config
 from .discovery import FilterFn, ancestors, select_targets
 from .errors import NEFTuneError
-from .hook import NoiseHook, NoiseState
+from .hook import CallCounts, NoiseHook, NoiseState
 from .registry import noise_hooks, noise_states, remove_hooks
+from .stats import NoiseStats
 
 _TRANSFORMERS_HOOK_NAME = "neftune_post_forward_hook"
 _warned_alpha_zero = False
@@ -31,12 +33,16 @@ class NEFTuneHandle:
     ```
     """
 
-    def __init__(self, model: nn.Module, config: NEFTuneConfig, modules: tuple[nn.Module, ...], state: NoiseState):
+    def __init__(
+        self, model: nn.Module, config: NEFTuneConfig, targets: list[tuple[str, nn.Module]], state: NoiseState
+    ) -> None:
         self._model = model
         self._config = config
-        self._modules = modules
+        self._modules = tuple(module for _, module in targets)
+        self._names = tuple(name for name, _ in targets)
         self._state = state
-        self._removed = not modules
+        self._removed = not targets
+        self._read_noised = self._read_total = 0
 
     @property
     def config(self) -> NEFTuneConfig:
@@ -47,6 +53,28 @@ class NEFTuneHandle:
     def modules(self) -> tuple[nn.Module, ...]:
         """The modules whose output is noised (empty when alpha is 0)."""
         return self._modules
+
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        """Qualified names of the noised modules inside the model."""
+        return self._names
+
+    @property
+    def counts(self) -> CallCounts:
+        """Running counts of hooked forwards: `noised`, `eval_mode`, `suspended`, `no_grad`, `total`."""
+        return self._state.counts
+
+    def read_stats(self) -> NoiseStats:
+        """Noise statistics since the last read (one host sync), then reset.
+
+        Noise and embedding RMS are measured only with `track_stats=True`; the call counts always are.
+        """
+        counts = self._state.counts
+        noised, total = counts.noised - self._read_noised, counts.total - self._read_total
+        self._read_noised, self._read_total = counts.noised, counts.total
+        if self._state.stats is None:
+            return NoiseStats(self._config.alpha, math.nan, math.nan, math.nan, noised, total)
+        return self._state.stats.read(self._config.alpha, noised, total)
 
     @property
     def active(self) -> bool:
@@ -105,6 +133,8 @@ def apply_neftune(
     *,
     filter_fn: FilterFn | None = None,
     module: nn.Module | None = None,
+    skip_no_grad: bool = False,
+    track_stats: bool = False,
 ) -> NEFTuneHandle:
     """Add NEFTune noise to a model's input embeddings during training.
 
@@ -123,6 +153,13 @@ def apply_neftune(
             `get_input_embeddings()`.
         module (`torch.nn.Module`, *optional*):
             The exact module to noise. Takes precedence over everything else.
+        skip_no_grad (`bool`, defaults to `False`):
+            Add no noise to forwards run without autograd (`torch.no_grad`, `inference_mode`) even in training
+            mode. Such forwards train nothing: reference log-probs, rollouts, metrics. The trainer integrations
+            set it.
+        track_stats (`bool`, defaults to `False`):
+            Accumulate noise and embedding RMS on the device for `handle.read_stats()` (two extra reductions
+            over the embedding output per forward).
 
     Returns:
         `NEFTuneHandle`: `.remove()` (or leave its `with` block) to take the noise off.
@@ -147,10 +184,10 @@ def apply_neftune(
     targets = select_targets(model, module, filter_fn)
     for path, target in targets:
         _refuse_conflicts(model, path, target)
-    state = NoiseState(config)
+    state = NoiseState(config, skip_no_grad=skip_no_grad, track_stats=track_stats)
     if config.alpha == 0:
         _warn_alpha_zero()
-        return NEFTuneHandle(model, config, (), state)
+        return NEFTuneHandle(model, config, [], state)
 
     recorded: set[int] = set()
     for path, target in targets:
@@ -162,7 +199,7 @@ def apply_neftune(
             recorder = LayoutRecorder.for_module(state.stack, ancestor)
             ancestor.register_forward_pre_hook(recorder.before, with_kwargs=True)
             ancestor.register_forward_hook(recorder.after, always_call=True)
-    return NEFTuneHandle(model, config, tuple(target for _, target in targets), state)
+    return NEFTuneHandle(model, config, targets, state)
 
 
 def _warn_alpha_zero() -> None:

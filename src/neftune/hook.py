@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,16 +13,34 @@ from .call_context import CallStack
 from .config import NEFTuneConfig
 from .errors import NEFTuneError
 from .layout import scalar_magnitude, token_magnitudes
+from .stats import StatsAccumulator
+
+
+@dataclass
+class CallCounts:
+    """Plain-int counters (no device work) of why hooked forwards did or did not add noise."""
+
+    noised: int = 0
+    eval_mode: int = 0
+    suspended: int = 0
+    no_grad: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.noised + self.eval_mode + self.suspended + self.no_grad
 
 
 class NoiseState:
-    """What one `apply_neftune` call shares between its hooks: config, call stack, on/off switch."""
+    """What one `apply_neftune` call shares between its hooks: config, call stack, switches and counters."""
 
-    def __init__(self, config: NEFTuneConfig) -> None:
+    def __init__(self, config: NEFTuneConfig, *, skip_no_grad: bool = False, track_stats: bool = False) -> None:
         self.config = config
         self.stack = CallStack()
         self.suspended = 0  # > 0 inside `disable_noise`; a counter so the context manager nests
+        self.skip_no_grad = skip_no_grad
+        self.stats = StatsAccumulator() if track_stats else None
         self.warned_unmatched_layout = False
+        self.counts = CallCounts()
 
     @property
     def enabled(self) -> bool:
@@ -56,7 +75,15 @@ class NoiseHook:
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> torch.Tensor | None:
         state = self.state
-        if not module.training or not state.enabled:
+        counts = state.counts
+        if not module.training:
+            counts.eval_mode += 1
+            return None
+        if not state.enabled:
+            counts.suspended += 1
+            return None
+        if state.skip_no_grad and not torch.is_grad_enabled():
+            counts.no_grad += 1
             return None
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             raise NEFTuneError(
@@ -67,6 +94,7 @@ class NoiseHook:
         batched = _as_batch(output, self.module_name)
         if batched is None:
             return None
+        counts.noised += 1
         if state.config.scaling == "padded":
             return self._padded(output, batched)
         return self._per_sequence(output, batched)
@@ -74,7 +102,10 @@ class NoiseHook:
     def _padded(self, output: torch.Tensor, batched: torch.Tensor) -> torch.Tensor:
         # Same draw, same magnitude arithmetic and same add as transformers' `neftune_post_forward_hook`.
         magnitude = scalar_magnitude(self.state.config.alpha, batched.size(1) * batched.size(2))
-        return torch.empty_like(output).uniform_(-magnitude, magnitude).add_(output)
+        noise = torch.empty_like(output).uniform_(-magnitude, magnitude)
+        if self.state.stats is not None:
+            self.state.stats.add(noise, batched, None)
+        return noise.add_(output)
 
     def _per_sequence(self, output: torch.Tensor, batched: torch.Tensor) -> torch.Tensor:
         alpha = self.state.config.alpha
@@ -89,6 +120,9 @@ class NoiseHook:
             noise.mul_(scalar_magnitude(alpha, seq_len * hidden))
         else:
             noise.view(batch, seq_len, hidden).mul_(magnitudes.unsqueeze(-1).to(noise.dtype))
+        if self.state.stats is not None:
+            real = None if magnitudes is None else (magnitudes > 0).to(torch.float32)
+            self.state.stats.add(noise, batched, real)
         return noise.add_(output)
 
     def _warn_unmatched(self, layout: Any, batched: torch.Tensor) -> None:
