@@ -56,21 +56,11 @@ def capture_output(module: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def tiny_llama(**overrides: Any) -> nn.Module:
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def tiny_llama() -> nn.Module:
+    from neftune.toy import tiny_llama as build
 
-    config = LlamaConfig(
-        vocab_size=128,  # 32000
-        hidden_size=32,  # 4096
-        intermediate_size=64,  # 11008
-        num_hidden_layers=2,  # 32
-        num_attention_heads=4,  # 32
-        num_key_value_heads=2,  # 32
-        max_position_embeddings=128,  # 4096
-        **overrides,
-    )
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config)
+    model: nn.Module = build(vocab_size=128, hidden_size=32)
+    return model
 
 
 def tiny_gpt2() -> nn.Module:

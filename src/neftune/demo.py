@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .apply import apply_neftune, disable_noise
+from .toy import tiny_llama
 
 _ALPHABET = string.digits + string.ascii_letters + " +-=?.:\n"
 _PAD, _EOS = 0, 1
@@ -61,27 +62,9 @@ def _batch(texts: list[str]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def tiny_llama(hidden_size: int = 64) -> nn.Module:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=len(_ALPHABET) + 2,
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=_PAD,
-        eos_token_id=_EOS,
-    )
-    model: nn.Module = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
-    return model
-
-
 def run_demo(alpha: float = 5.0, steps: int = 30, batch_size: int = 8, seed: int = 0) -> DemoResult:
     torch.manual_seed(seed)
-    model = tiny_llama(_HIDDEN_SIZE)
+    model: nn.Module = tiny_llama(len(_ALPHABET) + 2, _HIDDEN_SIZE, pad_token_id=_PAD, eos_token_id=_EOS, seed=seed)
     examples = make_examples(steps * batch_size, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     embedding: nn.Module = model.get_input_embeddings()  # type: ignore[operator]
