@@ -14,6 +14,7 @@ pytest.importorskip("trl")
 import trl
 from transformers import HfArgumentParser, TrainerCallback
 
+import neftune
 from neftune import NEFTuneError, SFTConfig, SFTTrainer, is_neftune_active
 from neftune.clean_loss import CleanLossProbe
 from neftune.registry import noise_hooks
@@ -252,7 +253,31 @@ def test_config_validation_names_the_field(tmp_path: Path) -> None:
         SFTConfig(output_dir=str(tmp_path), neftune_noise_alpha=-1.0, bf16=False)
     with pytest.raises(NEFTuneError, match="neftune_scaling must be one of"):
         SFTConfig(output_dir=str(tmp_path), neftune_scaling="batch", bf16=False)
+    with pytest.raises(NEFTuneError, match=r"neftune_noise must be one of \('uniform', 'gaussian', 'symmetric'\)"):
+        SFTConfig(output_dir=str(tmp_path), neftune_noise="laplace", bf16=False)
+    with pytest.raises(NEFTuneError, match=r"neftune_schedule_warmup must be a fraction of training in \[0, 1\)"):
+        SFTConfig(output_dir=str(tmp_path), neftune_schedule_warmup=2.0, bf16=False)
     assert SFTConfig(output_dir=str(tmp_path), bf16=False).neftune_noise_alpha == 5.0
+
+
+def test_every_noise_option_reaches_the_trainer(tokenizer: Any, tmp_path: Path) -> None:
+    trainer = make_trainer(
+        tokenizer,
+        tmp_path,
+        neftune_noise="symmetric",
+        neftune_schedule="linear",
+        neftune_schedule_warmup=0.25,
+        neftune_seed=3,
+        neftune_scaling="padded",
+    )
+    assert trainer.neftune_callback.config == neftune.NEFTuneConfig(
+        alpha=5.0, scaling="padded", noise="symmetric", schedule="linear", schedule_warmup=0.25, seed=3
+    )
+    trainer.train()
+    alphas = [entry["neftune/alpha"] for entry in noise_logs(trainer)]
+    # 6 steps, warm-up over the first 1.5: alpha at the start of steps 2, 4, 6 (progress 1/6, 3/6, 5/6)
+    expected = [5.0 * (1 / 6) / 0.25, 5.0 * (1 - (3 / 6 - 0.25) / 0.75), 5.0 * (1 - (5 / 6 - 0.25) / 0.75)]
+    assert alphas == pytest.approx(expected)
 
 
 def test_aliases_and_lazy_names() -> None:

@@ -73,8 +73,34 @@ class NEFTuneHandle:
         noised, total = counts.noised - self._read_noised, counts.total - self._read_total
         self._read_noised, self._read_total = counts.noised, counts.total
         if self._state.stats is None:
-            return NoiseStats(self._config.alpha, math.nan, math.nan, math.nan, noised, total)
-        return self._state.stats.read(self._config.alpha, noised, total)
+            return NoiseStats(self._state.alpha, math.nan, math.nan, math.nan, noised, total)
+        return self._state.stats.read(self._state.alpha, noised, total)
+
+    @property
+    def alpha(self) -> float:
+        """The alpha in force now: `config.alpha` times the schedule's factor at the current progress."""
+        return self._state.alpha
+
+    def set_progress(self, progress: float) -> None:
+        """Tell the schedule where training is, from 0 (start) to 1 (end); the trainer integrations call it.
+
+        Raises:
+            `NEFTuneError`: progress outside [0, 1] or not finite.
+        """
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0.0 <= progress <= 1.0:
+            raise NEFTuneError(f"progress must be a number in [0, 1], got {progress!r}; pass step / total_steps.")
+        self._state.set_progress(float(progress))
+
+    def set_step(self, step: int) -> None:
+        """With `config.seed`, restart the noise stream at training step `step` (integrations call it every step).
+
+        The noise of a step then depends only on (seed, rank, step), so a resumed run draws what the
+        uninterrupted run drew. Without a seed this does nothing.
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise NEFTuneError(f"step must be a non-negative int, got {step!r}.")
+        if self._state.generators is not None:
+            self._state.generators.set_step(step)
 
     @property
     def active(self) -> bool:

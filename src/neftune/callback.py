@@ -112,6 +112,7 @@ class NEFTuneCallback(TrainerCallback):
                 self.config.alpha,
                 self.config.scaling,
             )
+        self._advance(state)
         self._last_step = state.global_step
         self._last_counts = dataclasses.replace(self.handle.counts)
         self.handle.read_stats()  # start the interval now
@@ -122,6 +123,18 @@ class NEFTuneCallback(TrainerCallback):
             self._probe = CleanLossProbe.from_data(
                 dataloader.dataset, dataloader.collate_fn, self.clean_loss_samples, args.per_device_train_batch_size
             )
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._advance(state)
+
+    def _advance(self, state: TrainerState) -> None:
+        """Schedule progress and the seeded noise stream follow the optimizer step about to run."""
+        if self.handle is not None and self.handle.active:
+            total = state.max_steps or 0
+            self.handle.set_progress(min(state.global_step / total, 1.0) if total > 0 else 0.0)
+            self.handle.set_step(state.global_step)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -159,8 +172,8 @@ class NEFTuneCallback(TrainerCallback):
         assert self.handle is not None
         now = self.handle.counts
         before, self._last_counts = self._last_counts, dataclasses.replace(now)
-        if now.noised > before.noised:
-            return
+        if now.noised + now.scheduled_off > before.noised + before.scheduled_off:
+            return  # noise was added, or the schedule set alpha to 0 on purpose
         names = ", ".join(f"'{name}'" for name in self.handle.module_names)
         calls = now.total - before.total
         if calls == 0:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from .errors import NEFTuneError
+from .noise import NOISE_KINDS, NoiseKind
+from .schedule import SCHEDULES, ScheduleKind
 
 Scaling = Literal["per_sequence", "padded"]
 SCALINGS: tuple[str, ...] = get_args(Scaling)
@@ -46,6 +48,19 @@ class NEFTuneConfig:
             number of real tokens (each packed segment its own), and padding gets no noise.
             `"padded"` reproduces `transformers`' `neftune_post_forward_hook` bit for bit: `L` is the padded
             length of the batch and padding is noised too.
+        noise (`"uniform"`, `"gaussian"` or `"symmetric"`, defaults to `"uniform"`):
+            The distribution, scaled by `alpha / sqrt(L * d)`. `"uniform"`: `Uniform(-1, 1)` (the paper).
+            `"gaussian"`: zero-mean normal with standard deviation `1/sqrt(3)`, the uniform's variance.
+            `"symmetric"`: exactly `+1` or `-1` with equal probability (one reading of SymNoise).
+        schedule (`"constant"`, `"linear"` or `"cosine"`, defaults to `"constant"`):
+            How alpha changes over training progress `p` in [0, 1]: `alpha`, `alpha * (1 - p)` or
+            `alpha * 0.5 * (1 + cos(pi * p))`. Progress comes from the trainer, or `handle.set_progress(p)`.
+        schedule_warmup (`float`, defaults to 0.0):
+            Fraction of training over which alpha ramps linearly from 0; the schedule then runs over the rest.
+        seed (`int`, *optional*):
+            Draw the noise from neftune's own generator seeded from `(seed, rank, step)`: the same noise in every
+            run with this seed, whatever else uses torch's RNG, different per rank, reproduced on resume.
+            None (default) draws from torch's global RNG, like the reference implementations.
 
     Example:
         ```python
@@ -57,11 +72,29 @@ class NEFTuneConfig:
 
     alpha: float = 5.0
     scaling: Scaling = "per_sequence"
+    noise: NoiseKind = "uniform"
+    schedule: ScheduleKind = "constant"
+    schedule_warmup: float = 0.0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha", validate_alpha(self.alpha))
-        if self.scaling not in SCALINGS:
-            raise NEFTuneError(f"NEFTune scaling must be one of {SCALINGS}, got {self.scaling!r}.")
+        _check_choice("scaling", self.scaling, SCALINGS)
+        _check_choice("noise", self.noise, NOISE_KINDS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        warmup = self.schedule_warmup
+        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real) or not 0.0 <= float(warmup) < 1.0:
+            raise NEFTuneError(
+                f"NEFTune schedule_warmup must be a fraction of training in [0, 1), got {warmup!r}; e.g. 0.1."
+            )
+        object.__setattr__(self, "schedule_warmup", float(warmup))
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise NEFTuneError(f"NEFTune seed must be a non-negative int or None, got {self.seed!r}.")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise NEFTuneError(f"NEFTune {name} must be one of {choices}, got {value!r}.")
 
 
 def as_config(alpha_or_config: float | NEFTuneConfig) -> NEFTuneConfig:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .apply import apply_neftune, disable_noise
+from .config import NEFTuneConfig
 from .toy import tiny_llama
 
 _ALPHABET = string.digits + string.ascii_letters + " +-=?.:\n"
@@ -62,7 +63,8 @@ def _batch(texts: list[str]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def run_demo(alpha: float = 5.0, steps: int = 30, batch_size: int = 8, seed: int = 0) -> DemoResult:
+def run_demo(config: NEFTuneConfig | None = None, steps: int = 30, batch_size: int = 8, seed: int = 0) -> DemoResult:
+    config = config or NEFTuneConfig()
     torch.manual_seed(seed)
     model: nn.Module = tiny_llama(len(_ALPHABET) + 2, _HIDDEN_SIZE, pad_token_id=_PAD, eos_token_id=_EOS, seed=seed)
     examples = make_examples(steps * batch_size, seed)
@@ -70,7 +72,7 @@ def run_demo(alpha: float = 5.0, steps: int = 30, batch_size: int = 8, seed: int
     embedding: nn.Module = model.get_input_embeddings()  # type: ignore[operator]
     hidden = _HIDDEN_SIZE
     losses: list[float] = []
-    with apply_neftune(model, alpha):
+    with apply_neftune(model, config) as handle:
         model.train()
         first = _batch(examples[:batch_size])
         with torch.no_grad(), disable_noise(model):
@@ -78,6 +80,10 @@ def run_demo(alpha: float = 5.0, steps: int = 30, batch_size: int = 8, seed: int
         captured: list[torch.Tensor] = []
         spy = embedding.register_forward_hook(lambda _m, _a, out: captured.append(out.detach()))
         for step in range(steps):
+            handle.set_progress(step / steps)
+            handle.set_step(step)
+            if step == 0:
+                first_alpha = handle.alpha  # what the schedule allows at the first step
             batch = _batch(examples[step * batch_size : (step + 1) * batch_size])
             loss = model(**batch).loss
             loss.backward()
@@ -94,7 +100,7 @@ def run_demo(alpha: float = 5.0, steps: int = 30, batch_size: int = 8, seed: int
     return DemoResult(
         row_lengths=lengths,
         max_noise=[float(noise[row][mask[row] == 1].abs().max()) for row in range(len(lengths))],
-        bounds=[alpha / (length * hidden) ** 0.5 for length in lengths],
+        bounds=[first_alpha / (length * hidden) ** 0.5 for length in lengths],
         pad_noise_max=float(noise[mask == 0].abs().max()) if (mask == 0).any() else 0.0,
         first_loss=losses[0],
         last_loss=losses[-1],
@@ -102,10 +108,14 @@ def run_demo(alpha: float = 5.0, steps: int = 30, batch_size: int = 8, seed: int
     )
 
 
-def print_demo(result: DemoResult, alpha: float) -> None:
-    print(f"NEFTune demo: tiny Llama (hidden 64), alpha={alpha}, per-sequence scaling")
-    print("first batch, each row's noise vs the paper's bound alpha/sqrt(L*d):")
-    print(f"{'row':>4} {'L':>4} {'max|noise|':>12} {'bound':>10}")
+def print_demo(result: DemoResult, config: NEFTuneConfig) -> None:
+    print(
+        f"NEFTune demo: tiny Llama (hidden {_HIDDEN_SIZE}), alpha={config.alpha}, scaling={config.scaling}, "
+        f"noise={config.noise}, schedule={config.schedule}"
+    )
+    meaning = "the bound" if config.noise != "gaussian" else "the scale (gaussian noise is unbounded)"
+    print(f"first batch, each row's largest noise vs alpha/sqrt(L*d), {meaning}:")
+    print(f"{'row':>4} {'L':>4} {'max|noise|':>12} {'a/sqrt(Ld)':>10}")
     for row, (length, noise, bound) in enumerate(
         zip(result.row_lengths, result.max_noise, result.bounds, strict=True)
     ):

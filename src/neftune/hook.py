@@ -13,6 +13,9 @@ from .call_context import CallStack
 from .config import NEFTuneConfig
 from .errors import NEFTuneError
 from .layout import scalar_magnitude, token_magnitudes
+from .noise import draw_unit_noise
+from .rng import NoiseGenerators
+from .schedule import alpha_factor
 from .stats import StatsAccumulator
 
 
@@ -24,10 +27,11 @@ class CallCounts:
     eval_mode: int = 0
     suspended: int = 0
     no_grad: int = 0
+    scheduled_off: int = 0  # the schedule put alpha at exactly 0 (warmup start, end of a decay)
 
     @property
     def total(self) -> int:
-        return self.noised + self.eval_mode + self.suspended + self.no_grad
+        return self.noised + self.eval_mode + self.suspended + self.no_grad + self.scheduled_off
 
 
 class NoiseState:
@@ -41,6 +45,16 @@ class NoiseState:
         self.stats = StatsAccumulator() if track_stats else None
         self.warned_unmatched_layout = False
         self.counts = CallCounts()
+        self.generators = NoiseGenerators(config.seed) if config.seed is not None else None
+        self.progress = 0.0
+        self.alpha = config.alpha * alpha_factor(config.schedule, config.schedule_warmup, 0.0)
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
+        self.alpha = self.config.alpha * alpha_factor(self.config.schedule, self.config.schedule_warmup, progress)
+
+    def generator_for(self, device: torch.device) -> torch.Generator | None:
+        return None if self.generators is None else self.generators.for_device(device)
 
     @property
     def enabled(self) -> bool:
@@ -85,6 +99,9 @@ class NoiseHook:
         if state.skip_no_grad and not torch.is_grad_enabled():
             counts.no_grad += 1
             return None
+        if state.alpha == 0.0:
+            counts.scheduled_off += 1
+            return None
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             raise NEFTuneError(
                 f"NEFTune hooked '{self.module_name}', whose output is "
@@ -100,22 +117,28 @@ class NoiseHook:
         return self._per_sequence(output, batched)
 
     def _padded(self, output: torch.Tensor, batched: torch.Tensor) -> torch.Tensor:
-        # Same draw, same magnitude arithmetic and same add as transformers' `neftune_post_forward_hook`.
-        magnitude = scalar_magnitude(self.state.config.alpha, batched.size(1) * batched.size(2))
-        noise = torch.empty_like(output).uniform_(-magnitude, magnitude)
+        state = self.state
+        magnitude = scalar_magnitude(state.alpha, batched.size(1) * batched.size(2))
+        generator = state.generator_for(output.device)
+        if state.config.noise == "uniform":
+            # Same draw, same magnitude arithmetic and same add as transformers' `neftune_post_forward_hook`.
+            noise = torch.empty_like(output).uniform_(-magnitude, magnitude, generator=generator)
+        else:
+            noise = draw_unit_noise(output, state.config.noise, generator).mul_(magnitude)
         if self.state.stats is not None:
             self.state.stats.add(noise, batched, None)
         return noise.add_(output)
 
     def _per_sequence(self, output: torch.Tensor, batched: torch.Tensor) -> torch.Tensor:
-        alpha = self.state.config.alpha
+        state = self.state
+        alpha = state.alpha
         batch, seq_len, hidden = batched.shape
         layout = self.state.stack.innermost()
         magnitudes = token_magnitudes(layout, alpha, batch, seq_len, hidden, output.device)
         if magnitudes is None and not layout.is_empty:
             self._warn_unmatched(layout, batched)
         # The noise buffer becomes the result: one allocation, the size of the output.
-        noise = torch.empty_like(output).uniform_(-1.0, 1.0)
+        noise = draw_unit_noise(output, state.config.noise, state.generator_for(output.device))
         if magnitudes is None:
             noise.mul_(scalar_magnitude(alpha, seq_len * hidden))
         else:

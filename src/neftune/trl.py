@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import trl
 
 from .callback import NEFTuneCallback
-from .config import SCALINGS, NEFTuneConfig, Scaling, validate_alpha
+from .config import SCALINGS, NEFTuneConfig, validate_alpha
 from .errors import NEFTuneError
+from .noise import NOISE_KINDS
+from .schedule import SCHEDULES
 
 logger = logging.getLogger("neftune")
 
@@ -40,6 +42,34 @@ class SFTConfig(trl.SFTConfig):  # type: ignore[misc]
             "padding, each packed segment its own L (the paper's training code). padded: the padded batch "
             "length, padding noised (transformers' neftune_post_forward_hook, bit for bit).",
             "choices": list(SCALINGS),
+        },
+    )
+    neftune_noise: str = field(
+        default="uniform",
+        metadata={
+            "help": "Noise distribution. uniform: Uniform(-1, 1) (the paper). gaussian: normal with the uniform's "
+            "variance (std 1/sqrt(3)). symmetric: exactly +1 or -1 with equal probability (a SymNoise reading). "
+            "Each is scaled by alpha/sqrt(L*d).",
+            "choices": list(NOISE_KINDS),
+        },
+    )
+    neftune_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "Alpha over training progress p in [0, 1]: constant, linear (alpha*(1-p)) or cosine "
+            "(alpha*0.5*(1+cos(pi*p))).",
+            "choices": list(SCHEDULES),
+        },
+    )
+    neftune_schedule_warmup: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of training over which alpha ramps linearly from 0; the schedule runs after it."},
+    )
+    neftune_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of neftune's own noise generator: identical noise for the same seed whatever else uses "
+            "the RNG, different per rank, reproduced on resume. None: torch's global RNG."
         },
     )
     neftune_clean_loss_steps: int | None = field(
@@ -68,10 +98,17 @@ def neftune_config_from_args(args: Any) -> NEFTuneConfig:
     """The `NEFTuneConfig` described by a (neftune or plain TRL/transformers) config; alpha None means 5."""
     alpha = getattr(args, "neftune_noise_alpha", None)
     alpha = DEFAULT_ALPHA if alpha is None else validate_alpha(alpha, name="neftune_noise_alpha")
-    scaling = getattr(args, "neftune_scaling", "per_sequence")
-    if scaling not in SCALINGS:
-        raise NEFTuneError(f"neftune_scaling must be one of {SCALINGS}, got {scaling!r}.")
-    return NEFTuneConfig(alpha=alpha, scaling=cast(Scaling, scaling))
+    try:
+        return NEFTuneConfig(
+            alpha=alpha,
+            scaling=getattr(args, "neftune_scaling", "per_sequence"),
+            noise=getattr(args, "neftune_noise", "uniform"),
+            schedule=getattr(args, "neftune_schedule", "constant"),
+            schedule_warmup=getattr(args, "neftune_schedule_warmup", 0.0),
+            seed=getattr(args, "neftune_seed", None),
+        )
+    except NEFTuneError as error:  # name the config field, not the NEFTuneConfig one
+        raise NEFTuneError(str(error).replace("NEFTune ", "neftune_", 1)) from None
 
 
 class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
