@@ -8,11 +8,12 @@ import warnings
 from collections.abc import Iterator
 from types import TracebackType
 
+import torch
 from torch import nn
 
 from .call_context import LayoutRecorder
 from .config import NEFTuneConfig, as_config
-from .discovery import FilterFn, ancestors, select_targets
+from .discovery import FilterFn, ancestors, embedding_scale_source, placeholder_token_ids, select_targets
 from .errors import NEFTuneError
 from .hook import CallCounts, NoiseHook, NoiseState
 from .registry import noise_hooks, noise_states, remove_hooks
@@ -69,7 +70,7 @@ class NEFTuneHandle:
 
         Noise and embedding RMS are measured only with `track_stats=True`; the call counts always are.
         """
-        counts = self._state.counts
+        counts = self._state.counts  # one small host read: this is where the sync belongs
         noised, total = counts.noised - self._read_noised, counts.total - self._read_total
         self._read_noised, self._read_total = counts.noised, counts.total
         if self._state.stats is None:
@@ -207,17 +208,27 @@ def apply_neftune(
     config = as_config(alpha_or_config)
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_neftune needs a torch.nn.Module, got {type(model).__name__}.")
-    targets = select_targets(model, module, filter_fn)
+    selection = select_targets(model, module, filter_fn, config.noise_decoder_inputs)
+    targets = selection.targets
     for path, target in targets:
         _refuse_conflicts(model, path, target)
-    state = NoiseState(config, skip_no_grad=skip_no_grad, track_stats=track_stats)
+    state = NoiseState(
+        config,
+        skip_no_grad=skip_no_grad,
+        track_stats=track_stats,
+        placeholder_ids=placeholder_token_ids(model),
+        quiet_inside=frozenset(id(scope) for scope in selection.quiet_inside),
+    )
     if config.alpha == 0:
         _warn_alpha_zero()
         return NEFTuneHandle(model, config, [], state)
 
     recorded: set[int] = set()
     for path, target in targets:
-        target.register_forward_hook(NoiseHook(state, path or type(target).__name__))
+        if state.scheduled:  # made now, not inside a (compiled) forward where its creation would be traced
+            parameter = next(target.parameters(), None)
+            state.factor_tensor(parameter.device if parameter is not None else torch.device("cpu"))
+        target.register_forward_hook(NoiseHook(state, path or type(target).__name__, embedding_scale_source(target)))
         for ancestor in ancestors(model, target):
             if id(ancestor) in recorded:
                 continue

@@ -26,6 +26,7 @@ class CallStack:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._local.frames = []  # created up front: torch.compile would otherwise recompile once it appears
 
     def _frames(self) -> list[tuple[int, BatchLayout]]:
         frames: list[tuple[int, BatchLayout]] | None = getattr(self._local, "frames", None)
@@ -44,6 +45,10 @@ class CallStack:
                 del frames[index]
                 return
 
+    def inside_any(self, owners: frozenset[int]) -> bool:
+        """Whether a forward of one of these modules (by id) is running now."""
+        return any(owner in owners for owner, _ in self._frames())
+
     def innermost(self) -> BatchLayout:
         for _, layout in reversed(self._frames()):
             if not layout.is_empty:
@@ -54,7 +59,7 @@ class CallStack:
         return {}  # frames belong to running calls; a pickled or copied model starts with none
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._local = threading.local()
+        self.__init__()  # type: ignore[misc]
 
 
 def _positional_indices(module: nn.Module) -> dict[str, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import warnings
@@ -114,7 +113,7 @@ class NEFTuneCallback(TrainerCallback):
             )
         self._advance(state)
         self._last_step = state.global_step
-        self._last_counts = dataclasses.replace(self.handle.counts)
+        self._last_counts = self.handle.counts
         self.handle.read_stats()  # start the interval now
         if self.clean_loss_steps is not None:
             dataloader = kwargs.get("train_dataloader")
@@ -171,7 +170,7 @@ class NEFTuneCallback(TrainerCallback):
         """No silent no-op: a logging interval of training with zero noised forwards is an error."""
         assert self.handle is not None
         now = self.handle.counts
-        before, self._last_counts = self._last_counts, dataclasses.replace(now)
+        before, self._last_counts = self._last_counts, now
         if now.noised + now.scheduled_off > before.noised + before.scheduled_off:
             return  # noise was added, or the schedule set alpha to 0 on purpose
         names = ", ".join(f"'{name}'" for name in self.handle.module_names)

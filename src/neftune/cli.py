@@ -19,6 +19,12 @@ def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--schedule-warmup", type=float, default=0.0, help="warm-up fraction (default: %(default)s)")
     parser.add_argument("--noise-seed", type=int, default=None, help="seed of neftune's own noise generator")
+    parser.add_argument(
+        "--no-decoder-noise",
+        dest="noise_decoder_inputs",
+        action="store_false",
+        help="encoder-decoder models: leave the decoder's inputs clean",
+    )
 
 
 def config_from_arguments(args: argparse.Namespace) -> NEFTuneConfig:
@@ -29,6 +35,7 @@ def config_from_arguments(args: argparse.Namespace) -> NEFTuneConfig:
         schedule=args.schedule,
         schedule_warmup=args.schedule_warmup,
         seed=args.noise_seed,
+        noise_decoder_inputs=args.noise_decoder_inputs,
     )
 
 

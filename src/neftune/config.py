@@ -61,6 +61,10 @@ class NEFTuneConfig:
             Draw the noise from neftune's own generator seeded from `(seed, rank, step)`: the same noise in every
             run with this seed, whatever else uses torch's RNG, different per rank, reproduced on resume.
             None (default) draws from torch's global RNG, like the reference implementations.
+        noise_decoder_inputs (`bool`, defaults to `True`):
+            Encoder-decoder models (T5, BART, ...): also noise the decoder's input embeddings. The encoder's
+            inputs are always noised. True matches decoder-only NEFTune, which noises the response tokens
+            too; in an encoder-decoder model those are the decoder's inputs.
 
     Example:
         ```python
@@ -76,6 +80,7 @@ class NEFTuneConfig:
     schedule: ScheduleKind = "constant"
     schedule_warmup: float = 0.0
     seed: int | None = None
+    noise_decoder_inputs: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha", validate_alpha(self.alpha))
@@ -88,6 +93,10 @@ class NEFTuneConfig:
                 f"NEFTune schedule_warmup must be a fraction of training in [0, 1), got {warmup!r}; e.g. 0.1."
             )
         object.__setattr__(self, "schedule_warmup", float(warmup))
+        if not isinstance(self.noise_decoder_inputs, bool):
+            raise NEFTuneError(
+                f"NEFTune noise_decoder_inputs must be True or False, got {self.noise_decoder_inputs!r}."
+            )
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise NEFTuneError(f"NEFTune seed must be a non-negative int or None, got {self.seed!r}.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -69,35 +70,72 @@ def outermost_adapter_wrapper(root: nn.Module, path: str) -> str:
     return chosen
 
 
-def find_input_embedding(model: nn.Module) -> tuple[str, nn.Module]:
-    """The path and module of the model's input embedding, found with `get_input_embeddings()`."""
-    inner = unwrap_model(model)
-    getter = getattr(inner, "get_input_embeddings", None)
-    embedding = None
-    if callable(getter):
-        try:
-            embedding = getter()
-        except (NotImplementedError, AttributeError):
-            embedding = None
-    if not isinstance(embedding, nn.Module):
-        raise NEFTuneError(
-            f"Cannot find the input embedding of {type(inner).__name__}: it has no working get_input_embeddings(). "
-            "Pass module=<the embedding layer> or filter_fn=lambda module, name: name.endswith('embed_tokens')."
-        )
+@dataclass(frozen=True)
+class Selection:
+    """What to hook, and the modules inside whose forward the hooked modules must add no noise."""
+
+    targets: list[tuple[str, nn.Module]]
+    quiet_inside: tuple[nn.Module, ...] = ()
+
+
+def _input_embeddings_of(module: nn.Module) -> nn.Module | None:
+    getter = getattr(module, "get_input_embeddings", None)
+    if not callable(getter):
+        return None
+    try:
+        embedding = getter()
+    except (NotImplementedError, AttributeError):
+        return None
+    return embedding if isinstance(embedding, nn.Module) else None
+
+
+def _located(model: nn.Module, embedding: nn.Module, owner: str) -> tuple[str, nn.Module]:
     paths = paths_to(model, embedding)
     if not paths:
         raise NEFTuneError(
-            f"{type(inner).__name__}.get_input_embeddings() returned a module that is not part of the model "
+            f"{owner}.get_input_embeddings() returned a module that is not part of the model "
             f"({type(embedding).__name__}); pass module= the embedding layer the model's forward calls."
         )
     path = outermost_adapter_wrapper(model, paths[0])
     return path, model.get_submodule(path)
 
 
+def find_input_embeddings(model: nn.Module, noise_decoder_inputs: bool = True) -> Selection:
+    """The input embedding(s) the model's forward really calls.
+
+    Decoder-only models: `get_input_embeddings()`. Encoder-decoder models: transformers 5 gives the encoder and
+    the decoder their own embedding modules (tied to `shared`, which forward never calls), so the encoder's
+    and, if asked, the decoder's are hooked. Where both stacks call one shared module (transformers 4), it is
+    hooked once and kept quiet inside the decoder when decoder inputs are not to be noised.
+    """
+    inner = unwrap_model(model)
+    name = type(inner).__name__
+    config = getattr(inner, "config", None)
+    get_encoder, get_decoder = getattr(inner, "get_encoder", None), getattr(inner, "get_decoder", None)
+    if getattr(config, "is_encoder_decoder", False) and callable(get_encoder) and callable(get_decoder):
+        encoder, decoder = get_encoder(), get_decoder()
+        encoder_embedding = _input_embeddings_of(encoder)
+        decoder_embedding = _input_embeddings_of(decoder)
+        if encoder_embedding is not None and decoder_embedding is not None:
+            targets = [_located(model, encoder_embedding, f"{name} encoder")]
+            if decoder_embedding is encoder_embedding:
+                return Selection(targets, () if noise_decoder_inputs else (decoder,))
+            if noise_decoder_inputs:
+                targets.append(_located(model, decoder_embedding, f"{name} decoder"))
+            return Selection(targets)
+    embedding = _input_embeddings_of(inner)
+    if embedding is None:
+        raise NEFTuneError(
+            f"Cannot find the input embedding of {name}: it has no working get_input_embeddings(). "
+            "Pass module=<the embedding layer> or filter_fn=lambda module, name: name.endswith('embed_tokens')."
+        )
+    return Selection([_located(model, embedding, name)])
+
+
 def select_targets(
-    model: nn.Module, module: nn.Module | None, filter_fn: FilterFn | None
-) -> list[tuple[str, nn.Module]]:
-    """The (path, module) pairs to hook, by the precedence `module` > `filter_fn` > the input embedding."""
+    model: nn.Module, module: nn.Module | None, filter_fn: FilterFn | None, noise_decoder_inputs: bool = True
+) -> Selection:
+    """The modules to hook, by the precedence `module` > `filter_fn` > the input embedding(s)."""
     if module is not None and filter_fn is not None:
         raise NEFTuneError("Pass either module= or filter_fn= to apply_neftune, not both.")
     if module is not None:
@@ -109,7 +147,7 @@ def select_targets(
                 f"module= ({type(module).__name__}) is not a submodule of the model {type(model).__name__}; "
                 "pass a layer of this model (e.g. model.get_input_embeddings())."
             )
-        return [(paths[0], module)]
+        return Selection([(paths[0], module)])
     if filter_fn is not None:
         selected = [(name, sub) for name, sub in model.named_modules() if filter_fn(sub, name)]
         if not selected:
@@ -118,8 +156,8 @@ def select_targets(
                 "filter_fn(module, qualified_name) for every submodule and must return True for the embedding."
             )
         _refuse_nested(selected)
-        return selected
-    return [find_input_embedding(model)]
+        return Selection(selected)
+    return find_input_embeddings(model, noise_decoder_inputs)
 
 
 def _refuse_nested(selected: list[tuple[str, nn.Module]]) -> None:
@@ -131,3 +169,44 @@ def _refuse_nested(selected: list[tuple[str, nn.Module]]) -> None:
                     f"filter_fn selected both '{outer_name}' and '{inner_name}', which is inside it; the noise would "
                     "be added twice. Select only the outer module."
                 )
+
+
+# Config fields naming the token ids a VLM replaces with image/video/audio features after the embedding lookup.
+_PLACEHOLDER_FIELDS = (
+    "image_token_id",
+    "image_token_index",
+    "video_token_id",
+    "video_token_index",
+    "audio_token_id",
+    "audio_token_index",
+)
+
+
+def placeholder_token_ids(model: nn.Module) -> tuple[int, ...]:
+    """Token ids whose embeddings a multimodal model overwrites with other features: not text, so not noised."""
+    config = getattr(unwrap_model(model), "config", None)
+    found = {getattr(config, field, None) for field in _PLACEHOLDER_FIELDS}
+    return tuple(sorted(value for value in found if isinstance(value, int) and value >= 0))
+
+
+def embedding_scale_source(module: nn.Module) -> nn.Module | None:
+    """The module carrying an `embed_scale` the embedding multiplies its output by inside its forward.
+
+    Gemma/Gemma2/Gemma3 (`*ScaledWordEmbedding`, transformers 5), BART and others scale inside the module, so
+    the hook sees scaled embeddings; the noise is scaled the same way, so alpha means the same on every model.
+    PEFT wrappers are looked through.
+    """
+    seen: set[int] = set()
+    pending = [module]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if "embed_scale" in vars(current) or "embed_scale" in current._buffers:
+            return current
+        for child_name in ("base_layer", "original_module", "token_adapter"):
+            child = current._modules.get(child_name)
+            if isinstance(child, nn.Module):
+                pending.append(child)
+    return None

@@ -19,9 +19,9 @@ from .schedule import alpha_factor
 from .stats import StatsAccumulator
 
 
-@dataclass
+@dataclass(frozen=True)
 class CallCounts:
-    """Plain-int counters (no device work) of why hooked forwards did or did not add noise."""
+    """Why hooked forwards did or did not add noise (a snapshot of the running tallies)."""
 
     noised: int = 0
     eval_mode: int = 0
@@ -34,24 +34,65 @@ class CallCounts:
         return self.noised + self.eval_mode + self.suspended + self.no_grad + self.scheduled_off
 
 
+# Slots of NoiseState.tally, in CallCounts field order.
+NOISED, EVAL_MODE, SUSPENDED, NO_GRAD, SCHEDULED_OFF = range(5)
+
+
 class NoiseState:
     """What one `apply_neftune` call shares between its hooks: config, call stack, switches and counters."""
 
-    def __init__(self, config: NEFTuneConfig, *, skip_no_grad: bool = False, track_stats: bool = False) -> None:
+    def __init__(
+        self,
+        config: NEFTuneConfig,
+        *,
+        skip_no_grad: bool = False,
+        track_stats: bool = False,
+        placeholder_ids: tuple[int, ...] = (),
+        quiet_inside: frozenset[int] = frozenset(),
+    ) -> None:
         self.config = config
+        self.placeholder_ids = placeholder_ids
+        self.quiet_inside = quiet_inside  # ids of modules inside whose forward no noise is added
         self.stack = CallStack()
         self.suspended = 0  # > 0 inside `disable_noise`; a counter so the context manager nests
         self.skip_no_grad = skip_no_grad
         self.stats = StatsAccumulator() if track_stats else None
         self.warned_unmatched_layout = False
-        self.counts = CallCounts()
+        # Tallies live in a tensor, not Python ints: torch.compile guards on int values and would recompile on
+        # every call. In-place adds on a small CPU tensor cost no device sync.
+        self.tally = torch.zeros(5, dtype=torch.int64)
         self.generators = NoiseGenerators(config.seed) if config.seed is not None else None
-        self.progress = 0.0
-        self.alpha = config.alpha * alpha_factor(config.schedule, config.schedule_warmup, 0.0)
+        self.scheduled = config.schedule != "constant" or config.schedule_warmup > 0
+        # A changing Python float would be specialised by torch.compile (one recompile per step): the schedule's
+        # factor reaches the noise as a tensor per device, refilled in place at every progress update.
+        self._factor_tensors: dict[torch.device, torch.Tensor] = {}
+        self.set_progress(0.0)
+
+    @property
+    def counts(self) -> CallCounts:
+        return CallCounts(*(int(value) for value in self.tally.tolist()))
+
+    def count(self, slot: int) -> None:
+        self.tally[slot].add_(1)
+
+    @property
+    def alpha(self) -> float:
+        """The alpha in force at the current progress."""
+        return self.config.alpha * self.factor
 
     def set_progress(self, progress: float) -> None:
         self.progress = progress
-        self.alpha = self.config.alpha * alpha_factor(self.config.schedule, self.config.schedule_warmup, progress)
+        self.factor = alpha_factor(self.config.schedule, self.config.schedule_warmup, progress)
+        self.scheduled_zero = self.factor == 0.0
+        for tensor in self._factor_tensors.values():
+            tensor.fill_(self.factor)
+
+    def factor_tensor(self, device: torch.device) -> torch.Tensor:
+        tensor = self._factor_tensors.get(device)
+        if tensor is None:
+            tensor = torch.full((), self.factor, dtype=torch.float32, device=device)
+            self._factor_tensors[device] = tensor
+        return tensor
 
     def generator_for(self, device: torch.device) -> torch.Generator | None:
         return None if self.generators is None else self.generators.for_device(device)
@@ -75,32 +116,58 @@ def _as_batch(output: torch.Tensor, module_name: str) -> torch.Tensor | None:
     )
 
 
+def _embed_scale(source: nn.Module | None) -> float | torch.Tensor | None:
+    """The factor the hooked module multiplies its own output by, or None when it does not scale."""
+    scale = getattr(source, "embed_scale", None) if source is not None else None
+    if isinstance(scale, torch.Tensor) or (isinstance(scale, (int, float)) and scale != 1.0):
+        return scale
+    return None
+
+
 class NoiseHook:
     """`register_forward_hook` callable: returns `output + noise` in training mode, else leaves output alone."""
 
-    def __init__(self, state: NoiseState, module_name: str) -> None:
+    def __init__(self, state: NoiseState, module_name: str, scale_source: nn.Module | None = None) -> None:
         self.state = state
         self.module_name = module_name
+        self.scale_source = scale_source
+        self._placeholders: dict[torch.device, torch.Tensor] = {}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> NoiseHook:
         # PEFT deep-copies a hooked embedding into `modules_to_save`; the copy must stay part of this
-        # application (same config, same layout stack, removed by the same handle).
-        return NoiseHook(self.state, self.module_name)
+        # application (same config, same layout stack, removed by the same handle). The copy's own scale
+        # lives in the copied module, found again through the memo when the module is copied with it.
+        return NoiseHook(self.state, self.module_name, memo.get(id(self.scale_source), self.scale_source))
+
+    def _text_positions(self, args: tuple[Any, ...], batched: torch.Tensor) -> torch.Tensor | None:
+        """(batch, seq_len) 1.0 where the input token is text, 0.0 at multimodal placeholders; None if none apply."""
+        ids = args[0] if args else None
+        if not self.state.placeholder_ids or not isinstance(ids, torch.Tensor) or ids.is_floating_point():
+            return None
+        if ids.numel() != batched.shape[0] * batched.shape[1]:
+            return None
+        placeholders = self._placeholders.get(ids.device)
+        if placeholders is None:
+            placeholders = torch.tensor(self.state.placeholder_ids, device=ids.device)
+            self._placeholders[ids.device] = placeholders
+        return (~torch.isin(ids, placeholders)).to(torch.float32).view(batched.shape[0], batched.shape[1])
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> torch.Tensor | None:
         state = self.state
-        counts = state.counts
         if not module.training:
-            counts.eval_mode += 1
+            state.count(EVAL_MODE)
             return None
         if not state.enabled:
-            counts.suspended += 1
+            state.count(SUSPENDED)
             return None
         if state.skip_no_grad and not torch.is_grad_enabled():
-            counts.no_grad += 1
+            state.count(NO_GRAD)
             return None
-        if state.alpha == 0.0:
-            counts.scheduled_off += 1
+        if state.scheduled_zero:
+            state.count(SCHEDULED_OFF)
+            return None
+        if state.quiet_inside and state.stack.inside_any(state.quiet_inside):
+            state.count(SUSPENDED)
             return None
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             raise NEFTuneError(
@@ -111,30 +178,43 @@ class NoiseHook:
         batched = _as_batch(output, self.module_name)
         if batched is None:
             return None
-        counts.noised += 1
+        state.count(NOISED)
         if state.config.scaling == "padded":
             return self._padded(output, batched)
-        return self._per_sequence(output, batched)
+        return self._per_sequence(output, batched, self._text_positions(args, batched))
 
     def _padded(self, output: torch.Tensor, batched: torch.Tensor) -> torch.Tensor:
         state = self.state
-        magnitude = scalar_magnitude(state.alpha, batched.size(1) * batched.size(2))
+        magnitude = scalar_magnitude(state.config.alpha, batched.size(1) * batched.size(2))
         generator = state.generator_for(output.device)
         if state.config.noise == "uniform":
             # Same draw, same magnitude arithmetic and same add as transformers' `neftune_post_forward_hook`.
             noise = torch.empty_like(output).uniform_(-magnitude, magnitude, generator=generator)
         else:
             noise = draw_unit_noise(output, state.config.noise, generator).mul_(magnitude)
+        self._apply_scales(noise)
         if self.state.stats is not None:
             self.state.stats.add(noise, batched, None)
         return noise.add_(output)
 
-    def _per_sequence(self, output: torch.Tensor, batched: torch.Tensor) -> torch.Tensor:
+    def _apply_scales(self, noise: torch.Tensor) -> None:
+        """The schedule's factor and the module's own embedding scale, when there are any."""
+        if self.state.scheduled:
+            noise.mul_(self.state.factor_tensor(noise.device).to(noise.dtype))
+        scale = _embed_scale(self.scale_source)
+        if isinstance(scale, torch.Tensor):
+            noise.mul_(scale.to(device=noise.device, dtype=noise.dtype))
+        elif scale is not None:
+            noise.mul_(scale)
+
+    def _per_sequence(
+        self, output: torch.Tensor, batched: torch.Tensor, text_positions: torch.Tensor | None
+    ) -> torch.Tensor:
         state = self.state
-        alpha = state.alpha
+        alpha = state.config.alpha
         batch, seq_len, hidden = batched.shape
         layout = self.state.stack.innermost()
-        magnitudes = token_magnitudes(layout, alpha, batch, seq_len, hidden, output.device)
+        magnitudes = token_magnitudes(layout, alpha, batch, seq_len, hidden, output.device, text_positions)
         if magnitudes is None and not layout.is_empty:
             self._warn_unmatched(layout, batched)
         # The noise buffer becomes the result: one allocation, the size of the output.
@@ -143,6 +223,7 @@ class NoiseHook:
             noise.mul_(scalar_magnitude(alpha, seq_len * hidden))
         else:
             noise.view(batch, seq_len, hidden).mul_(magnitudes.unsqueeze(-1).to(noise.dtype))
+        self._apply_scales(noise)
         if self.state.stats is not None:
             real = None if magnitudes is None else (magnitudes > 0).to(torch.float32)
             self.state.stats.add(noise, batched, real)

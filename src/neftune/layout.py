@@ -83,14 +83,24 @@ def _position_ids_for(position_ids: torch.Tensor | None, batch: int, seq_len: in
 
 
 def token_magnitudes(
-    layout: BatchLayout, alpha: float, batch: int, seq_len: int, hidden: int, device: torch.device
+    layout: BatchLayout,
+    alpha: float,
+    batch: int,
+    seq_len: int,
+    hidden: int,
+    device: torch.device,
+    eligible: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """The float32 (batch, seq_len) noise magnitude of every token, or None when the layout says nothing.
+    """The float32 (batch, seq_len) noise magnitude of every token, or None when nothing restricts the batch.
 
     None means every row is one full-length sequence; the caller then uses the scalar magnitude.
-    Padding and tokens outside every packed segment get exactly 0; a row without real tokens gets 0, never NaN.
+    `eligible` (batch, seq_len) is 0 at positions that are not text (a VLM's image placeholders): like padding,
+    they get no noise and do not count in L. Padding and tokens outside every packed segment get exactly 0;
+    a row without real tokens gets 0, never NaN.
     """
     real = _real_token_mask(layout.attention_mask, batch, seq_len)
+    if eligible is not None:
+        real = eligible if real is None else real * eligible
     lengths: torch.Tensor | None = None
     if layout.cu_seqlens is not None:
         lengths, inside = _lengths_from_cu_seqlens(layout.cu_seqlens.to(device), batch, seq_len)

@@ -72,6 +72,12 @@ class SFTConfig(trl.SFTConfig):  # type: ignore[misc]
             "the RNG, different per rank, reproduced on resume. None: torch's global RNG."
         },
     )
+    neftune_noise_decoder_inputs: bool = field(
+        default=True,
+        metadata={
+            "help": "Encoder-decoder models: also noise the decoder's input embeddings (the encoder's always are)."
+        },
+    )
     neftune_clean_loss_steps: int | None = field(
         default=None,
         metadata={
@@ -106,6 +112,7 @@ def neftune_config_from_args(args: Any) -> NEFTuneConfig:
             schedule=getattr(args, "neftune_schedule", "constant"),
             schedule_warmup=getattr(args, "neftune_schedule_warmup", 0.0),
             seed=getattr(args, "neftune_seed", None),
+            noise_decoder_inputs=getattr(args, "neftune_noise_decoder_inputs", True),
         )
     except NEFTuneError as error:  # name the config field, not the NEFTuneConfig one
         raise NEFTuneError(str(error).replace("NEFTune ", "neftune_", 1)) from None
