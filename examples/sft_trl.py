@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
+import torch
+
 from neftune import SFTConfig, SFTTrainer  # was: from trl import SFTConfig, SFTTrainer
 from neftune.toy import (
     conversational_dataset,
@@ -49,9 +51,10 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer, data = load(args)
+    on_gpu = torch.cuda.is_available()  # under accelerate launch / torchrun: one process per GPU
     with tempfile.TemporaryDirectory() as output_dir:
         config = SFTConfig(
-            **cpu_training_kwargs(output_dir, max_steps=args.steps, logging_steps=5),
+            **cpu_training_kwargs(output_dir, max_steps=args.steps, logging_steps=5, use_cpu=not on_gpu, bf16=on_gpu),
             packing=args.packing,
             neftune_noise_alpha=args.alpha,
             neftune_clean_loss_steps=5,  # also log the training loss with the noise off

@@ -93,15 +93,15 @@ class NEFTuneHandle:
         self._state.set_progress(float(progress))
 
     def set_step(self, step: int) -> None:
-        """With `config.seed`, restart the noise stream at training step `step` (integrations call it every step).
+        """Restart neftune's own noise stream at training step `step` (integrations call it every step).
 
-        The noise of a step then depends only on (seed, rank, step), so a resumed run draws what the
-        uninterrupted run drew. Without a seed this does nothing.
+        With `config.seed` (or, in a multi-process run, the run's seed) the noise of a step depends only on
+        (seed, rank, step), so a resumed run draws what the uninterrupted run drew. A single process without a
+        seed draws from torch's global RNG, and this does nothing.
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise NEFTuneError(f"step must be a non-negative int, got {step!r}.")
-        if self._state.generators is not None:
-            self._state.generators.set_step(step)
+        self._state.set_step(step)
 
     @property
     def active(self) -> bool:

@@ -21,6 +21,19 @@ logger = logging.getLogger("neftune")
 OnSilent = Literal["raise", "warn"]
 
 
+def _refuse_split_sequences(args: TrainingArguments, config: NEFTuneConfig) -> None:
+    """Context and sequence parallelism give each rank a slice of every sequence: per-sequence L would be local."""
+    parallelism = getattr(args, "parallelism_config", None)
+    split = [name for name in ("cp", "sp") if (getattr(parallelism, f"{name}_size", None) or 1) > 1]
+    if split and config.scaling == "per_sequence":
+        raise NEFTuneError(
+            f"NEFTune with {' and '.join(split)}_size > 1: context/sequence parallelism splits every sequence across "
+            "ranks, so the embedding hook sees a local slice and its L would be the local length. This is not "
+            "supported; train without context/sequence parallelism, or use scaling='padded' (L = the local slice's "
+            "padded length, as transformers' hook would use)."
+        )
+
+
 class NEFTuneCallback(TrainerCallback):
     """Applies NEFTune at train begin and removes it at train end, for any `transformers.Trainer`.
 
@@ -100,6 +113,7 @@ class NEFTuneCallback(TrainerCallback):
         model = kwargs.get("model")
         if model is None:
             raise NEFTuneError("NEFTuneCallback.on_train_begin received no model; it needs a transformers Trainer.")
+        _refuse_split_sequences(args, self.config)
         self._run_first_on_log()
         self.handle = apply_neftune(
             model, self.config, filter_fn=self.filter_fn, skip_no_grad=True, track_stats=self.log_stats

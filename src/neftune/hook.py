@@ -14,7 +14,7 @@ from .config import NEFTuneConfig
 from .errors import NEFTuneError
 from .layout import scalar_magnitude, token_magnitudes
 from .noise import draw_unit_noise
-from .rng import NoiseGenerators
+from .rng import NoiseGenerators, world_size
 from .schedule import alpha_factor
 from .stats import StatsAccumulator
 
@@ -62,6 +62,8 @@ class NoiseState:
         # every call. In-place adds on a small CPU tensor cost no device sync.
         self.tally = torch.zeros(5, dtype=torch.int64)
         self.generators = NoiseGenerators(config.seed) if config.seed is not None else None
+        self.step = 0
+        self._checked_world = config.seed is not None
         self.scheduled = config.schedule != "constant" or config.schedule_warmup > 0
         # A changing Python float would be specialised by torch.compile (one recompile per step): the schedule's
         # factor reaches the noise as a tensor per device, refilled in place at every progress update.
@@ -94,7 +96,22 @@ class NoiseState:
             self._factor_tensors[device] = tensor
         return tensor
 
+    def set_step(self, step: int) -> None:
+        self.step = step
+        if self.generators is not None:
+            self.generators.set_step(step)
+
     def generator_for(self, device: torch.device) -> torch.Generator | None:
+        """The generator to draw from: None (torch's global RNG) in a single process without a seed.
+
+        With several processes and no seed, every rank would draw the same noise, since the Trainer seeds every
+        rank alike. Each rank then gets its own stream, seeded from (torch.initial_seed(), rank, step): different
+        across ranks and still reproducible from the run's seed.
+        """
+        if not self._checked_world:
+            self._checked_world = True
+            if world_size() > 1:
+                self.generators = NoiseGenerators(torch.initial_seed(), self.step)
         return None if self.generators is None else self.generators.for_device(device)
 
     @property
@@ -114,6 +131,17 @@ def _as_batch(output: torch.Tensor, module_name: str) -> torch.Tensor | None:
         f"NEFTune expects the output of '{module_name}' to be (batch, seq_len, hidden) or (seq_len, hidden), "
         f"got shape {tuple(output.shape)}; pass module= the layer that returns token embeddings."
     )
+
+
+def _refuse_sharded(output: torch.Tensor, module_name: str) -> None:
+    """A DTensor sharded over its sequence or hidden dimension holds only a slice: L or d would be local."""
+    placements = getattr(output, "placements", None)
+    if placements is not None and any(placement.is_shard() for placement in placements):
+        raise NEFTuneError(
+            f"NEFTune on '{module_name}': the embedding output is a DTensor sharded as {tuple(placements)} (tensor or "
+            "sequence parallelism), so each rank would scale by its local slice's L or d. Use a parallel plan "
+            "whose embedding output is replicated, or train without NEFTune under this plan."
+        )
 
 
 def _embed_scale(source: nn.Module | None) -> float | torch.Tensor | None:
@@ -175,6 +203,7 @@ class NoiseHook:
                 f"{type(output).__name__ if not isinstance(output, torch.Tensor) else output.dtype}, not a floating "
                 "point tensor of embeddings; pass module= the layer that returns the token embeddings."
             )
+        _refuse_sharded(output, self.module_name)
         batched = _as_batch(output, self.module_name)
         if batched is None:
             return None

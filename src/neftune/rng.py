@@ -22,6 +22,12 @@ def distributed_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_world_size())
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def derive_seed(seed: int, rank: int, step: int) -> int:
     """A 63-bit seed mixing (seed, rank, step); stable across platforms and Python versions."""
     digest = hashlib.blake2b(f"neftune:{seed}:{rank}:{step}".encode(), digest_size=8).digest()
@@ -31,9 +37,9 @@ def derive_seed(seed: int, rank: int, step: int) -> int:
 class NoiseGenerators:
     """One generator per device, all positioned at the start of the current step's stream."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, step: int = 0) -> None:
         self.seed = seed
-        self.step = 0
+        self.step = step
         self._rank: int | None = None
         self._generators: dict[torch.device, torch.Generator] = {}
         self._fresh: set[torch.device] = set()
