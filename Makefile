@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neftune-installed
 
-.PHONY: setup demo test test-slow lint support-matrix
+.PHONY: setup demo test test-slow lint support-matrix bench
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -24,9 +24,13 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples scripts
-	$(VENV)/bin/ruff format --check src tests examples scripts
+	$(VENV)/bin/ruff check src tests examples scripts benchmarks
+	$(VENV)/bin/ruff format --check src tests examples scripts benchmarks
 	$(VENV)/bin/mypy --strict src
 
 support-matrix: $(STAMP)
 	$(PY) scripts/support_matrix.py
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,bench]"
+	$(PY) benchmarks/overhead.py

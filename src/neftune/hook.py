@@ -61,9 +61,12 @@ class NoiseState:
         # Tallies live in a tensor, not Python ints: torch.compile guards on int values and would recompile on
         # every call. In-place adds on a small CPU tensor cost no device sync.
         self.tally = torch.zeros(5, dtype=torch.int64)
-        self.generators = NoiseGenerators(config.seed) if config.seed is not None else None
+        # Without a seed, several processes would all draw the same noise (the Trainer seeds every rank alike):
+        # each rank then gets its own stream from (torch.initial_seed(), rank, step), still reproducible from the
+        # run's seed. Decided here, not in the (possibly compiled) forward; the launcher's WORLD_SIZE is set already.
+        seed = config.seed if config.seed is not None else (torch.initial_seed() if world_size() > 1 else None)
+        self.generators = NoiseGenerators(seed) if seed is not None else None
         self.step = 0
-        self._checked_world = config.seed is not None
         self.scheduled = config.schedule != "constant" or config.schedule_warmup > 0
         # A changing Python float would be specialised by torch.compile (one recompile per step): the schedule's
         # factor reaches the noise as a tensor per device, refilled in place at every progress update.
@@ -102,16 +105,7 @@ class NoiseState:
             self.generators.set_step(step)
 
     def generator_for(self, device: torch.device) -> torch.Generator | None:
-        """The generator to draw from: None (torch's global RNG) in a single process without a seed.
-
-        With several processes and no seed, every rank would draw the same noise, since the Trainer seeds every
-        rank alike. Each rank then gets its own stream, seeded from (torch.initial_seed(), rank, step): different
-        across ranks and still reproducible from the run's seed.
-        """
-        if not self._checked_world:
-            self._checked_world = True
-            if world_size() > 1:
-                self.generators = NoiseGenerators(torch.initial_seed(), self.step)
+        """neftune's own generator for `device`, or None to draw from torch's global RNG."""
         return None if self.generators is None else self.generators.for_device(device)
 
     @property
@@ -246,17 +240,29 @@ class NoiseHook:
         magnitudes = token_magnitudes(layout, alpha, batch, seq_len, hidden, output.device, text_positions)
         if magnitudes is None and not layout.is_empty:
             self._warn_unmatched(layout, batched)
-        # The noise buffer becomes the result: one allocation, the size of the output.
+        # The noise buffer becomes the result: one allocation, the size of the output. (A fused addcmul would save
+        # a pass but rounds differently on CPU, breaking bit-equality with the paper's code.)
         noise = draw_unit_noise(output, state.config.noise, state.generator_for(output.device))
         if magnitudes is None:
-            noise.mul_(scalar_magnitude(alpha, seq_len * hidden))
+            scale = self._scaled(noise.new_full((), scalar_magnitude(alpha, seq_len * hidden), dtype=torch.float32))
         else:
-            noise.view(batch, seq_len, hidden).mul_(magnitudes.unsqueeze(-1).to(noise.dtype))
-        self._apply_scales(noise)
-        if self.state.stats is not None:
+            scale = self._scaled(magnitudes).unsqueeze(-1)
+        if state.stats is not None:
             real = None if magnitudes is None else (magnitudes > 0).to(torch.float32)
-            self.state.stats.add(noise, batched, real)
-        return noise.add_(output)
+            state.stats.add_unit(noise.view(batch, seq_len, hidden), scale, batched, real)
+        shaped = scale if scale.dim() == 0 else scale.view(*output.shape[:-1], 1)
+        return noise.mul_(shaped.to(noise.dtype)).add_(output)
+
+    def _scaled(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """A float32 magnitude times the schedule's factor and the module's own embedding scale, if any."""
+        if self.state.scheduled:
+            magnitude = magnitude * self.state.factor_tensor(magnitude.device)
+        scale = _embed_scale(self.scale_source)
+        if isinstance(scale, torch.Tensor):
+            magnitude = magnitude * scale.to(device=magnitude.device, dtype=torch.float32)
+        elif scale is not None:
+            magnitude = magnitude * scale
+        return magnitude
 
     def _warn_unmatched(self, layout: Any, batched: torch.Tensor) -> None:
         if self.state.warned_unmatched_layout:

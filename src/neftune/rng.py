@@ -37,9 +37,9 @@ def derive_seed(seed: int, rank: int, step: int) -> int:
 class NoiseGenerators:
     """One generator per device, all positioned at the start of the current step's stream."""
 
-    def __init__(self, seed: int, step: int = 0) -> None:
+    def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.step = step
+        self.step = 0
         self._rank: int | None = None
         self._generators: dict[torch.device, torch.Generator] = {}
         self._fresh: set[torch.device] = set()

@@ -47,8 +47,18 @@ class StatsAccumulator:
 
     def add(self, noise: torch.Tensor, clean: torch.Tensor, token_weights: torch.Tensor | None) -> None:
         """Accumulate one call; `token_weights` (batch, seq_len) is 1 on real tokens, None when all are real."""
+        self._accumulate(torch.linalg.vector_norm(noise, dtype=torch.float32).square(), clean, token_weights)
+
+    def add_unit(
+        self, unit: torch.Tensor, scale: torch.Tensor, clean: torch.Tensor, token_weights: torch.Tensor | None
+    ) -> None:
+        """Like `add`, for noise `unit * scale` with `scale` 0-D or (batch, seq_len, 1): no scaled copy is made."""
+        token_sq = torch.linalg.vector_norm(unit, dim=-1, dtype=torch.float32).square()
+        token_scale_sq = scale.squeeze(-1).square() if scale.dim() else scale.square()
+        self._accumulate((token_sq * token_scale_sq).sum(), clean, token_weights)
+
+    def _accumulate(self, noise_sq: torch.Tensor, clean: torch.Tensor, token_weights: torch.Tensor | None) -> None:
         hidden = clean.shape[-1]
-        noise_sq = torch.linalg.vector_norm(noise, dtype=torch.float32).square()
         token_sq = torch.linalg.vector_norm(clean.detach(), dim=-1, dtype=torch.float32).square()
         if token_weights is None:
             embed_sq = token_sq.sum()
