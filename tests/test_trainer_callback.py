@@ -163,3 +163,97 @@ def test_dpo_reference_log_probs_are_computed_without_noise(tokenizer: Any, tmp_
     assert all(torch.equal(a, b) for a, b in zip(reference, clean_reference, strict=True))
     assert not any(torch.equal(a, b) for a, b in zip(policy, clean_policy, strict=True))  # the policy is noised
     assert not any(torch.equal(a, b) for a, b in zip(noisy_reference, clean_reference, strict=True))
+
+
+def _kto(tokenizer: Any, output_dir: str, callback: NEFTuneCallback) -> Any:
+    trl = pytest.importorskip("trl")
+    peft = pytest.importorskip("peft")
+    from datasets import Dataset
+
+    from neftune.toy import TEXTS
+
+    rows = [{"prompt": p + " ", "completion": c, "label": i % 2 == 0} for i, (p, c) in enumerate(TEXTS * 2)]
+    return trl.KTOTrainer(
+        model=tiny_llama_for(tokenizer),
+        args=trl.KTOConfig(**cpu_training_kwargs(output_dir, max_steps=2, logging_steps=1)),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        callbacks=[callback],
+    )
+
+
+def _reward(tokenizer: Any, output_dir: str, callback: NEFTuneCallback) -> Any:
+    trl = pytest.importorskip("trl")
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return trl.RewardTrainer(
+        model=AutoModelForSequenceClassification.from_config(config),
+        args=trl.RewardConfig(**cpu_training_kwargs(output_dir, max_steps=2, logging_steps=1)),
+        train_dataset=preference_dataset(16),
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+
+
+def _grpo(tokenizer: Any, output_dir: str, callback: NEFTuneCallback) -> Any:
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from neftune.toy import TEXTS
+
+    return trl.GRPOTrainer(
+        model=tiny_llama_for(tokenizer),
+        reward_funcs=lambda completions, **kwargs: [float(len(c)) for c in completions],
+        args=trl.GRPOConfig(
+            **cpu_training_kwargs(output_dir, max_steps=2, logging_steps=1, per_device_train_batch_size=4),
+            num_generations=2,
+            max_completion_length=8,
+        ),
+        train_dataset=Dataset.from_list([{"prompt": p} for p, _ in TEXTS]),
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+
+
+def _orpo(tokenizer: Any, output_dir: str, callback: NEFTuneCallback) -> Any:
+    orpo = pytest.importorskip("trl.experimental.orpo")  # TRL 1.x keeps ORPO under experimental
+    return orpo.ORPOTrainer(
+        model=tiny_llama_for(tokenizer),
+        args=orpo.ORPOConfig(**cpu_training_kwargs(output_dir, max_steps=2, logging_steps=1)),
+        train_dataset=preference_dataset(16),
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "clean_no_grad_forwards"), [(_kto, True), (_reward, False), (_grpo, True), (_orpo, False)]
+)
+def test_other_trl_trainers(tokenizer: Any, tmp_path: Path, build: Any, clean_no_grad_forwards: bool) -> None:
+    """KTO (LoRA policy as its own reference), reward modelling, GRPO (generation under no_grad) and ORPO."""
+    callback = NEFTuneCallback(5.0)
+    seen: list[Any] = []
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            seen.append(callback.handle.counts)
+
+    trainer = build(tokenizer, str(tmp_path), callback)
+    trainer.add_callback(Probe())
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "neftune/noised_calls" in entry]
+    assert [entry["neftune/noised_calls"] for entry in logs] == [1.0, 1.0]  # every training forward, once
+    assert not is_neftune_active(trainer.model)
+    if clean_no_grad_forwards:  # reference log-probs (KTO) and generation (GRPO) ran without noise
+        assert seen[-1].no_grad > 0
