@@ -25,8 +25,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(vocab_size: int = 160) -> Any:
-    """A byte-level BPE tokenizer trained on `TEXTS`, with `<pad>`, `<eos>` and a chat template."""
+def tiny_tokenizer(vocab_size: int = 160, corpus: list[str] | None = None) -> Any:
+    """A byte-level BPE tokenizer trained on `corpus` (default: `TEXTS`), with `<pad>`, `<eos>` and a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -37,7 +37,7 @@ def tiny_tokenizer(vocab_size: int = 160) -> Any:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tokenizer.train_from_iterator([f"{p} {c}" for p, c in TEXTS], trainer)
+    tokenizer.train_from_iterator(corpus if corpus is not None else [f"{p} {c}" for p, c in TEXTS], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")  # type: ignore[no-untyped-call]
     fast.chat_template = CHAT_TEMPLATE
     return fast
