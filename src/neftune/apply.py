@@ -15,8 +15,9 @@ from .call_context import LayoutRecorder
 from .config import NEFTuneConfig, as_config
 from .discovery import FilterFn, ancestors, embedding_scale_source, placeholder_token_ids, select_targets
 from .errors import NEFTuneError
-from .hook import CallCounts, NoiseHook, NoiseState
+from .hook import NoiseHook
 from .registry import noise_hooks, noise_states, remove_hooks
+from .state import CallCounts, NoiseState
 from .stats import NoiseStats
 
 _TRANSFORMERS_HOOK_NAME = "neftune_post_forward_hook"

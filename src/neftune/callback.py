@@ -14,7 +14,7 @@ from .clean_loss import CleanLossProbe
 from .config import NEFTuneConfig, as_config
 from .discovery import FilterFn
 from .errors import NEFTuneError
-from .hook import CallCounts
+from .state import CallCounts
 
 logger = logging.getLogger("neftune")
 

@@ -12,7 +12,8 @@ from typing import Any
 from torch import nn
 
 from .call_context import CallStack, LayoutRecorder
-from .hook import NoiseHook, NoiseState
+from .hook import NoiseHook
+from .state import NoiseState
 
 # nn.Module's hook dictionaries: the hooks themselves, then the per-id flags torch keeps beside them.
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")
