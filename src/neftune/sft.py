@@ -32,9 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from datasets import Dataset
     from transformers import HfArgumentParser
 
-    from .sweep.data import load_pairs
-    from .sweep.models import load_model, load_tokenizer
-    from .toy import tiny_tokenizer
+    from .sweep.models import load_model, tokenizer_and_pairs
     from .trl import SFTTrainer
 
     arguments = list(argv) if argv is not None else sys.argv[1:]
@@ -42,12 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         arguments = ["--use_cpu", "true", "--bf16", "false", *arguments]
     parser = HfArgumentParser((SFTRunArguments, SFTConfig))  # type: ignore[arg-type]
     run, config = parser.parse_args_into_dataclasses(args=arguments)
-    if run.model is None:
-        pairs = load_pairs(run.dataset, tiny_tokenizer())
-        tokenizer = load_tokenizer(None, [prompt + completion for prompt, completion in pairs])
-    else:
-        tokenizer = load_tokenizer(run.model, [])
-        pairs = load_pairs(run.dataset, tokenizer)
+    tokenizer, pairs = tokenizer_and_pairs(run.model, run.dataset)
     pairs = pairs[: run.max_train_examples] if run.max_train_examples else pairs
     peft_config = None
     if run.lora:

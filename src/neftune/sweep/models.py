@@ -7,6 +7,20 @@ from pathlib import Path
 from typing import Any
 
 
+def tokenizer_and_pairs(model: str | None, dataset: str | None) -> tuple[Any, list[tuple[str, str]]]:
+    """The tokenizer and the (prompt, completion) pairs of a run; the embedded tiny model gets a tokenizer
+    trained on the run's own text."""
+    from .data import load_pairs
+
+    if model is None:
+        from ..toy import tiny_tokenizer
+
+        pairs = load_pairs(dataset, tiny_tokenizer())  # the default tokenizer only renders chat templates here
+        return load_tokenizer(None, [prompt + completion for prompt, completion in pairs]), pairs
+    tokenizer = load_tokenizer(model, [])
+    return tokenizer, load_pairs(dataset, tokenizer)
+
+
 def load_tokenizer(model: str | None, corpus: list[str]) -> Any:
     if model is None:
         from ..toy import tiny_tokenizer

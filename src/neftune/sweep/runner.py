@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NEFTuneError
-from .data import Pair, load_pairs, split_pairs
-from .models import load_model, load_tokenizer
+from .data import Pair, split_pairs
+from .models import load_model, tokenizer_and_pairs
 
 
 @dataclass(frozen=True)
@@ -164,14 +164,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict[str, Any]:
             f"{out} holds a sweep with other settings (see {signature_path}); use another --output-dir to start anew"
         )
     signature_path.write_text(json.dumps(config.signature(), indent=1))
-    if config.model is None:  # the embedded tiny model gets a tokenizer trained on the sweep's own text
-        from ..toy import tiny_tokenizer
-
-        pairs = load_pairs(config.dataset, tiny_tokenizer())
-        tokenizer = load_tokenizer(None, [prompt + completion for prompt, completion in pairs])
-    else:
-        tokenizer = load_tokenizer(config.model, [])
-        pairs = load_pairs(config.dataset, tokenizer)
+    tokenizer, pairs = tokenizer_and_pairs(config.model, config.dataset)
     train, heldout = split_pairs(pairs, config.heldout)
     if config.max_train_examples:
         train = train[: config.max_train_examples]
