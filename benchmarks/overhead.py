@@ -199,44 +199,33 @@ def hook_alone(batch_size: int, seq_len: int, hidden: int, warmup: int, repeats:
     lookup = quantiles(times["none"])[1]
     nbytes = output.numel() * output.element_size()
     lookup_bytes = allocated_bytes(forward)  # the lookup's own output
+
+    def row(provider_name: str, seconds: tuple[float, float, float], extra: int, bytes_per_s: float) -> Row:
+        p20, p50, p80 = (1e3 * value for value in seconds)
+        model = f"embedding d={hidden}"
+        return Row(
+            "hook_alone",
+            model,
+            "dense",
+            batch_size,
+            seq_len,
+            provider_name,
+            p20,
+            p50,
+            p80,
+            float("nan"),
+            extra,
+            bytes_per_s,
+        )
+
     rows = []
     for name in PROVIDERS:
         p20, p50, p80 = (q - lookup for q in quantiles(times[name]))
         with provider(name, holder, embedding):
             extra = allocated_bytes(forward) - lookup_bytes
-        rows.append(
-            Row(
-                "hook_alone",
-                f"embedding d={hidden}",
-                "dense",
-                batch_size,
-                seq_len,
-                name,
-                1e3 * p20,
-                1e3 * p50,
-                1e3 * p80,
-                float("nan"),
-                extra,
-                2 * nbytes / p50 if name != "none" else float("nan"),
-            )
-        )
+        rows.append(row(name, (p20, p50, p80), extra, 2 * nbytes / p50 if name != "none" else float("nan")))
     f20, f50, f80 = quantiles(floor)
-    rows.append(
-        Row(
-            "hook_alone",
-            f"embedding d={hidden}",
-            "dense",
-            batch_size,
-            seq_len,
-            "plain_add_floor",
-            1e3 * f20,
-            1e3 * f50,
-            1e3 * f80,
-            float("nan"),
-            nbytes,
-            3 * nbytes / f50,
-        )
-    )
+    rows.append(row("plain_add_floor", (f20, f50, f80), nbytes, 3 * nbytes / f50))
     return rows
 
 
