@@ -116,20 +116,11 @@ class NoiseHook:
             noise = torch.empty_like(output).uniform_(-magnitude, magnitude, generator=generator)
         else:
             noise = draw_unit_noise(output, state.config.noise, generator).mul_(magnitude)
-        self._apply_scales(noise)
+        if state.scheduled or _embed_scale(self.scale_source) is not None:
+            noise.mul_(self._scaled(noise.new_ones((), dtype=torch.float32)).to(noise.dtype))
         if self.state.stats is not None:
             self.state.stats.add(noise, batched, None)
         return noise.add_(output)
-
-    def _apply_scales(self, noise: torch.Tensor) -> None:
-        """The schedule's factor and the module's own embedding scale, when there are any."""
-        if self.state.scheduled:
-            noise.mul_(self.state.factor_tensor(noise.device).to(noise.dtype))
-        scale = _embed_scale(self.scale_source)
-        if isinstance(scale, torch.Tensor):
-            noise.mul_(scale.to(device=noise.device, dtype=noise.dtype))
-        elif scale is not None:
-            noise.mul_(scale)
 
     def _per_sequence(
         self, output: torch.Tensor, batched: torch.Tensor, text_positions: torch.Tensor | None

@@ -60,7 +60,6 @@ class NoiseState:
         # run's seed. Decided here, not in the (possibly compiled) forward; the launcher's WORLD_SIZE is set already.
         seed = config.seed if config.seed is not None else (torch.initial_seed() if world_size() > 1 else None)
         self.generators = NoiseGenerators(seed) if seed is not None else None
-        self.step = 0
         self.scheduled = config.schedule != "constant" or config.schedule_warmup > 0
         # A changing Python float would be specialised by torch.compile (one recompile per step): the schedule's
         # factor reaches the noise as a tensor per device, refilled in place at every progress update.
@@ -80,7 +79,6 @@ class NoiseState:
         return self.config.alpha * self.factor
 
     def set_progress(self, progress: float) -> None:
-        self.progress = progress
         self.factor = alpha_factor(self.config.schedule, self.config.schedule_warmup, progress)
         self.scheduled_zero = self.factor == 0.0
         for tensor in self._factor_tensors.values():
@@ -94,7 +92,6 @@ class NoiseState:
         return tensor
 
     def set_step(self, step: int) -> None:
-        self.step = step
         if self.generators is not None:
             self.generators.set_step(step)
 
