@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import warnings
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import nn
 
 from .call_context import LayoutRecorder
 from .config import NEFTuneConfig, as_config
-from .discovery import FilterFn, ancestors, embedding_scale_source, placeholder_token_ids, select_targets
+from .discovery import (
+    FilterFn,
+    ancestors,
+    embedding_scale_source,
+    paths_to,
+    placeholder_token_ids,
+    select_targets,
+    unwrap_model,
+)
 from .errors import NEFTuneError
-from .hook import NoiseHook
+from .hook import NoiseHook, _embed_scale
 from .registry import noise_hooks, noise_states, remove_hooks
 from .state import CallCounts, NoiseState
 from .stats import NoiseStats
+from .target_watch import TargetWatch
+
+logger = logging.getLogger("neftune")
 
 _TRANSFORMERS_HOOK_NAME = "neftune_post_forward_hook"
 _warned_alpha_zero = False
@@ -106,8 +119,28 @@ class NEFTuneHandle:
 
     @property
     def active(self) -> bool:
-        """True until `remove()` is called (False from the start when alpha is 0)."""
-        return not self._removed
+        """True while a noise hook of this application sits on a module of the model.
+
+        False after `remove()`, from the start when alpha is 0, and once the hooked module left the model
+        (`merge_and_unload()` took the PEFT wrapper it was on away, `resize_token_embeddings` replaced it).
+        """
+        if self._removed:
+            return False
+        return any(hook.state is self._state for module in self._model.modules() for hook in noise_hooks(module))
+
+    def _moved(self, old: nn.Module, new: nn.Module, path: str) -> None:
+        """A PEFT wrapper now holds `old` at `path`: noise the wrapper's output, as if applied after PEFT."""
+        for module in new.modules():
+            for key, hook in list(module._forward_hooks.items()):
+                if isinstance(hook, NoiseHook) and hook.state is self._state:
+                    del module._forward_hooks[key]
+        _register_noise_hook(self._state, path or type(new).__name__, new)
+        self._modules = tuple(new if module is old else module for module in self._modules)
+        logger.info(
+            "NEFTune: '%s' was wrapped by %s after apply_neftune; the wrapper's output is noised now.",
+            path,
+            type(new).__name__,
+        )
 
     def remove(self) -> int:
         """Remove every hook of this application from the model, also from copies PEFT made; idempotent.
@@ -219,25 +252,83 @@ def apply_neftune(
         track_stats=track_stats,
         placeholder_ids=placeholder_token_ids(model),
         quiet_inside=frozenset(id(scope) for scope in selection.quiet_inside),
+        pad_token_id=_pad_token_id(model),
     )
     if config.alpha == 0:
         _warn_alpha_zero()
         return NEFTuneHandle(model, config, [], state)
 
+    handle = NEFTuneHandle(model, config, targets, state)
+    watch = TargetWatch(handle._moved)
+    parents: set[int] = set()
+    for path, target in targets:
+        for parent, name in _slots_holding(model, target):
+            watch.watch(parent, name, path, target)
+            parents.add(id(parent))
     recorded: set[int] = set()
     for path, target in targets:
         if state.scheduled:  # made now, not inside a (compiled) forward where its creation would be traced
             parameter = next(target.parameters(), None)
             state.factor_tensor(parameter.device if parameter is not None else torch.device("cpu"))
-        target.register_forward_hook(NoiseHook(state, path or type(target).__name__, embedding_scale_source(target)))
+        _register_noise_hook(state, path or type(target).__name__, target)
         for ancestor in ancestors(model, target):
             if id(ancestor) in recorded:
                 continue
             recorded.add(id(ancestor))
-            recorder = LayoutRecorder.for_module(state.stack, ancestor)
+            recorder = LayoutRecorder.for_module(
+                state.stack,
+                ancestor,
+                outermost=ancestor is model,
+                on_enter=watch.check if id(ancestor) in parents else None,
+            )
             ancestor.register_forward_pre_hook(recorder.before, with_kwargs=True)
             ancestor.register_forward_hook(recorder.after, always_call=True)
-    return NEFTuneHandle(model, config, targets, state)
+    logger.info("%s", describe_application(handle))
+    return handle
+
+
+def _register_noise_hook(state: NoiseState, name: str, module: nn.Module) -> None:
+    module.register_forward_hook(NoiseHook(state, name, embedding_scale_source(module)))
+
+
+def _slots_holding(model: nn.Module, target: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every (parent, attribute name) through which the model reaches `target`."""
+    slots = []
+    for path in paths_to(model, target):
+        if path:
+            parent_path, _, name = path.rpartition(".")
+            slots.append((model.get_submodule(parent_path), name))
+    return slots
+
+
+def _pad_token_id(model: nn.Module) -> int | None:
+    config: Any = getattr(unwrap_model(model), "config", None)
+    text_config = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    value = getattr(text_config, "pad_token_id", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def embed_scale_factor(module: nn.Module) -> float:
+    """How many times transformers' hook's noise neftune adds for the same alpha on `module` (its `embed_scale`)."""
+    scale = _embed_scale(embedding_scale_source(module))
+    return 1.0 if scale is None else float(scale)
+
+
+def describe_application(handle: NEFTuneHandle) -> str:
+    """The one log line of an application, with the factor to port alpha from transformers' flag."""
+    config = handle.config
+    line = (
+        f"NEFTune active: alpha {config.alpha:g}, {config.scaling}, {config.noise} noise, hooked "
+        f"{', '.join(handle.module_names)}"
+    )
+    factor = max((embed_scale_factor(module) for module in handle.modules), default=1.0)
+    if factor != 1.0:
+        line += (
+            f". This model scales its embeddings by {factor:.3g}, and so does neftune's noise: alpha {config.alpha:g} "
+            f"adds {factor:.3g}x the noise of transformers' hook (neftune_noise_alpha); use alpha "
+            f"{config.alpha / factor:.3g} for the same noise"
+        )
+    return line
 
 
 def _warn_alpha_zero() -> None:

@@ -118,13 +118,6 @@ class NEFTuneCallback(TrainerCallback):
         self.handle = apply_neftune(
             model, self.config, filter_fn=self.filter_fn, skip_no_grad=True, track_stats=self.log_stats
         )
-        if self.handle.active:
-            logger.info(
-                "NEFTune active on %s: alpha=%s, scaling=%s (neftune's implementation)",
-                ", ".join(self.handle.module_names),
-                self.config.alpha,
-                self.config.scaling,
-            )
         self._advance(state)
         self._last_step = state.global_step
         self._last_counts = self.handle.counts
@@ -166,7 +159,7 @@ class NEFTuneCallback(TrainerCallback):
         if self.handle.active:
             stats = self.handle.read_stats()
             self._check_noise_fired(state.global_step - self._last_step)
-            entries.update(stats.as_log() if self.log_stats else {"neftune/alpha": self.config.alpha})
+            entries.update(stats.as_log() if self.log_stats else {"neftune/alpha": stats.alpha})  # alpha in force
             if not self.log_stats:
                 entries["neftune/noised_calls"] = float(stats.noised_calls)
         self._last_step = state.global_step

@@ -13,6 +13,7 @@ from .schedule import SCHEDULES, ScheduleKind
 
 Scaling = Literal["per_sequence", "padded"]
 SCALINGS: tuple[str, ...] = get_args(Scaling)
+FLOAT32_MAX = 3.4028234663852886e38  # the noise magnitude is computed in float32
 
 
 def validate_alpha(alpha: object, *, name: str = "alpha") -> float:
@@ -22,9 +23,19 @@ def validate_alpha(alpha: object, *, name: str = "alpha") -> float:
         raise TypeError(
             f"NEFTune {name} must be a real number (e.g. 5.0), got {alpha!r} of type {type(alpha).__name__}."
         )
-    value = float(alpha)
-    if math.isnan(value) or math.isinf(value):
-        raise NEFTuneError(f"NEFTune {name} must be finite, got {value!r}; the paper uses 5, 10 or 15.")
+    try:
+        value = float(alpha)
+    except OverflowError:  # an int beyond float range, e.g. 10**400
+        value, shown = math.inf, f"an integer of {len(str(abs(alpha)))} digits"
+    else:
+        shown = f"{value!r}"
+    if math.isnan(value) or (math.isinf(value) and not shown.startswith("an integer")):
+        raise NEFTuneError(f"NEFTune {name} must be finite, got {shown}; the paper uses 5, 10 or 15.")
+    if abs(value) > FLOAT32_MAX:
+        raise NEFTuneError(
+            f"NEFTune {name} must be finite in float32 (at most {FLOAT32_MAX:.3g}), got {shown}: the noise would be "
+            "inf and padding NaN. The paper uses 5, 10 or 15."
+        )
     if value < 0:
         raise NEFTuneError(
             f"NEFTune {name} must be >= 0, got {value!r}; use a positive value such as 5.0, or 0 to turn noise off."

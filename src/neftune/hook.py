@@ -11,6 +11,7 @@ from torch import nn
 from .errors import NEFTuneError
 from .layout import scalar_magnitude, token_magnitudes
 from .noise import draw_unit_noise
+from .replay import DrawPlan, Replay, default_generator, ids_key, in_backward
 from .state import EVAL_MODE, NO_GRAD, NOISED, SCHEDULED_OFF, SUSPENDED, NoiseState
 
 
@@ -75,11 +76,24 @@ class NoiseHook:
             self._placeholders[ids.device] = placeholders
         return (~torch.isin(ids, placeholders)).to(torch.float32).view(batched.shape[0], batched.shape[1])
 
+    def _pad_positions(self, args: tuple[Any, ...], batched: torch.Tensor) -> torch.Tensor | None:
+        """(batch, seq_len) True where the input token is the pad token; None without a pad id or integer ids."""
+        ids = args[0] if args else None
+        pad_id = self.state.pad_token_id
+        if pad_id is None or not isinstance(ids, torch.Tensor) or ids.is_floating_point():
+            return None
+        if ids.numel() != batched.shape[0] * batched.shape[1]:
+            return None
+        return (ids == pad_id).view(batched.shape[0], batched.shape[1])
+
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> torch.Tensor | None:
         state = self.state
         if not module.training:
             state.count(EVAL_MODE)
             return None
+        if in_backward():  # activation checkpointing recomputes this forward: add what the forward added
+            replay = state.replays.take(id(self), ids_key(args))
+            return None if replay is None else self._replay(replay, output)
         if not state.enabled:
             state.count(SUSPENDED)
             return None
@@ -104,46 +118,100 @@ class NoiseHook:
             return None
         state.count(NOISED)
         if state.config.scaling == "padded":
-            return self._padded(output, batched)
-        return self._per_sequence(output, batched, self._text_positions(args, batched))
+            plan, real = self._padded_plan(batched), None
+        else:
+            plan, real = self._per_sequence_plan(output, batched, args)
+        own = state.generators is not None
+        generator = state.generator_for(output.device) if own else None
+        if not torch.compiler.is_compiling():
+            rng = generator if generator is not None else default_generator(output.device)
+            state.replays.add(Replay(id(self), ids_key(args), rng.get_state(), own, plan))
+        return self._draw_and_add(plan, output, batched, generator, real, track=True)
 
-    def _padded(self, output: torch.Tensor, batched: torch.Tensor) -> torch.Tensor:
+    def _padded_plan(self, batched: torch.Tensor) -> DrawPlan:
+        """transformers' `neftune_post_forward_hook`: L is the padded length, padding is noised."""
         state = self.state
         magnitude = scalar_magnitude(state.config.alpha, batched.size(1) * batched.size(2))
-        generator = state.generator_for(output.device)
-        if state.config.noise == "uniform":
-            # Same draw, same magnitude arithmetic and same add as transformers' `neftune_post_forward_hook`.
-            noise = torch.empty_like(output).uniform_(-magnitude, magnitude, generator=generator)
-        else:
-            noise = draw_unit_noise(output, state.config.noise, generator).mul_(magnitude)
+        scale = None
         if state.scheduled or _embed_scale(self.scale_source) is not None:
-            noise.mul_(self._scaled(noise.new_ones((), dtype=torch.float32)).to(noise.dtype))
-        if self.state.stats is not None:
-            self.state.stats.add(noise, batched, None)
-        return noise.add_(output)
+            scale = self._scaled(torch.ones((), dtype=torch.float32, device=batched.device))
+        if state.config.noise == "uniform":
+            # Same draw, same magnitude arithmetic and same add as transformers' hook.
+            return DrawPlan(uniform_bound=magnitude, pre_scale=None, scale=scale)
+        return DrawPlan(uniform_bound=None, pre_scale=magnitude, scale=scale)
 
-    def _per_sequence(
-        self, output: torch.Tensor, batched: torch.Tensor, text_positions: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _per_sequence_plan(
+        self, output: torch.Tensor, batched: torch.Tensor, args: tuple[Any, ...]
+    ) -> tuple[DrawPlan, torch.Tensor | None]:
+        """The paper's training code: each sequence's own L, zero on padding; returns the plan and the real mask."""
         state = self.state
         alpha = state.config.alpha
         batch, seq_len, hidden = batched.shape
-        layout = self.state.stack.innermost()
-        magnitudes = token_magnitudes(layout, alpha, batch, seq_len, hidden, output.device, text_positions)
+        layout = state.stack.innermost()
+        magnitudes = token_magnitudes(
+            layout,
+            alpha,
+            batch,
+            seq_len,
+            hidden,
+            output.device,
+            self._text_positions(args, batched),
+            self._pad_positions(args, batched),
+        )
         if magnitudes is None and not layout.is_empty:
             self._warn_unmatched(layout, batched)
+        if magnitudes is None:
+            magnitude = scalar_magnitude(alpha, seq_len * hidden)
+            scale = self._scaled(torch.full((), magnitude, dtype=torch.float32, device=output.device))
+            return DrawPlan(None, None, scale), None
+        shaped = self._scaled(magnitudes).view(*output.shape[:-1], 1)
+        return DrawPlan(None, None, shaped), (magnitudes > 0).to(torch.float32)
+
+    def _draw_and_add(
+        self,
+        plan: DrawPlan,
+        output: torch.Tensor,
+        batched: torch.Tensor,
+        generator: torch.Generator | None,
+        real: torch.Tensor | None,
+        track: bool,
+    ) -> torch.Tensor:
         # The noise buffer becomes the result: one allocation, the size of the output. (A fused addcmul would save
         # a pass but rounds differently on CPU, breaking bit-equality with the paper's code.)
-        noise = draw_unit_noise(output, state.config.noise, state.generator_for(output.device))
-        if magnitudes is None:
-            scale = self._scaled(noise.new_full((), scalar_magnitude(alpha, seq_len * hidden), dtype=torch.float32))
+        stats = self.state.stats if track else None
+        if plan.uniform_bound is not None:
+            noise = torch.empty_like(output).uniform_(-plan.uniform_bound, plan.uniform_bound, generator=generator)
         else:
-            scale = self._scaled(magnitudes).unsqueeze(-1)
-        if state.stats is not None:
-            real = None if magnitudes is None else (magnitudes > 0).to(torch.float32)
-            state.stats.add_unit(noise.view(batch, seq_len, hidden), scale, batched, real)
-        shaped = scale if scale.dim() == 0 else scale.view(*output.shape[:-1], 1)
-        return noise.mul_(shaped.to(noise.dtype)).add_(output)
+            noise = draw_unit_noise(output, self.state.config.noise, generator)
+            if plan.pre_scale is not None:
+                noise.mul_(plan.pre_scale)
+        if stats is not None and plan.pre_scale is None and plan.uniform_bound is None:
+            assert plan.scale is not None
+            scale = plan.scale if plan.scale.dim() == 0 else plan.scale.view(*batched.shape[:2], 1)
+            stats.add_unit(noise.view(batched.shape), scale, batched, real)
+        if plan.scale is not None:
+            noise.mul_(plan.scale.to(noise.dtype))
+        if stats is not None and (plan.pre_scale is not None or plan.uniform_bound is not None):
+            stats.add(noise, batched, None)
+        return noise.add_(output)
+
+    def _replay(self, replay: Replay, output: torch.Tensor) -> torch.Tensor:
+        """The forward's noise again, from a copy of the generator state it drew from."""
+        batched = _as_batch(output, self.module_name)
+        assert batched is not None
+        copy = torch.Generator(device=output.device)
+        copy.set_state(replay.rng_state)
+        result = self._draw_and_add(replay.plan, output, batched, copy, None, track=False)
+        if not replay.own_generator:
+            # torch's default generator advanced by this draw in the forward; later draws of the recomputed region
+            # (dropout) must see it advanced the same way. When torch restored the forward's RNG state (the
+            # checkpoint default) this draw is the forward's draw; otherwise advance it by an identical throwaway.
+            default = default_generator(output.device)
+            if torch.equal(default.get_state(), replay.rng_state):
+                default.set_state(copy.get_state())
+            else:
+                self._draw_and_add(replay.plan, torch.zeros_like(output), batched, default, None, track=False)
+        return result
 
     def _scaled(self, magnitude: torch.Tensor) -> torch.Tensor:
         """A float32 magnitude times the schedule's factor and the module's own embedding scale, if any."""

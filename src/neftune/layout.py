@@ -16,7 +16,8 @@ import torch
 CU_SEQLENS_NAMES: tuple[str, ...] = ("cu_seq_lens_q", "cu_seqlens")
 POSITION_IDS_NAME = "position_ids"
 ATTENTION_MASK_NAME = "attention_mask"
-LAYOUT_ARGUMENT_NAMES: tuple[str, ...] = (*CU_SEQLENS_NAMES, POSITION_IDS_NAME, ATTENTION_MASK_NAME)
+INPUT_IDS_NAME = "input_ids"  # not a layout: marks the forward whose ids reach the embedding
+LAYOUT_ARGUMENT_NAMES: tuple[str, ...] = (*CU_SEQLENS_NAMES, POSITION_IDS_NAME, ATTENTION_MASK_NAME, INPUT_IDS_NAME)
 
 
 @dataclass(frozen=True)
@@ -51,27 +52,46 @@ def _real_token_mask(mask: torch.Tensor | None, batch: int, seq_len: int) -> tor
     return (mask != 0).to(torch.float32)
 
 
-def _lengths_from_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token segment length and in-a-segment mask from cumulative boundaries over the flattened batch."""
+def _lengths_from_cu_seqlens(
+    cu_seqlens: torch.Tensor, batch: int, seq_len: int, real: torch.Tensor | None, pads: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token length of its segment and the real-token mask, from cumulative boundaries over the flattened batch.
+
+    Tokens outside every segment are not real; nor is a pad-id token that forms a segment on its own (see
+    `_pads_alone`). The length counts only real tokens, like the position-id route.
+    """
     bounds = cu_seqlens.to(torch.int64).flatten()
     token_index = torch.arange(batch * seq_len, device=bounds.device)
     segment = torch.searchsorted(bounds[1:].contiguous(), token_index, right=True)
     segment_lengths = bounds.diff().to(torch.float32)
     last = max(segment_lengths.numel() - 1, 0)
-    lengths = segment_lengths.gather(0, segment.clamp(max=last))
-    inside = (token_index < bounds[-1]).to(torch.float32)
-    return lengths.view(batch, seq_len), inside.view(batch, seq_len)
+    segment = segment.clamp(max=last)
+    inside = (token_index < bounds[-1]).to(torch.float32).view(batch, seq_len)
+    real = inside if real is None else real * inside
+    if pads is not None:
+        alone = segment_lengths.gather(0, segment).view(batch, seq_len) == 1
+        real = real * ~(alone & (pads > 0))
+    counts = torch.zeros(max(segment_lengths.numel(), 1), dtype=torch.float32, device=real.device)
+    counts.scatter_add_(0, segment, real.flatten())
+    return counts.gather(0, segment).view(batch, seq_len), real
 
 
-def _lengths_from_position_ids(position_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-token length of the segment it belongs to; a segment starts where position ids restart at 0.
+def _lengths_from_position_ids(
+    position_ids: torch.Tensor, real: torch.Tensor, pads: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token length of the segment it belongs to, and the real-token mask; a segment starts at position id 0.
 
     Only real tokens count, so a row of arange positions with padding gets the paper's `mask.sum()`.
     """
     segment = (position_ids == 0).to(torch.int64).cumsum(-1)
+    if pads is not None:
+        members = torch.zeros(real.shape[0], real.shape[1] + 1, dtype=torch.float32, device=real.device)
+        members.scatter_add_(1, segment, torch.ones_like(real))
+        alone = members.gather(1, segment) == 1
+        real = real * ~(alone & (pads > 0))
     counts = torch.zeros(real.shape[0], real.shape[1] + 1, dtype=torch.float32, device=real.device)
     counts.scatter_add_(1, segment, real)
-    return counts.gather(1, segment)
+    return counts.gather(1, segment), real
 
 
 def _position_ids_for(position_ids: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
@@ -90,6 +110,7 @@ def token_magnitudes(
     hidden: int,
     device: torch.device,
     eligible: torch.Tensor | None = None,
+    pads: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """The float32 (batch, seq_len) noise magnitude of every token, or None when nothing restricts the batch.
 
@@ -97,20 +118,24 @@ def token_magnitudes(
     `eligible` (batch, seq_len) is 0 at positions that are not text (a VLM's image placeholders): like padding,
     they get no noise and do not count in L. Padding and tokens outside every packed segment get exactly 0;
     a row without real tokens gets 0, never NaN.
+
+    `pads` (batch, seq_len) is 1 where the token id is the pad token's. Packing and padding-free collators that
+    pad with restarting positions (TRL's `pad_to_multiple_of`, LLaMA-Factory's packing: position id 0, mask 1)
+    make every pad a segment of its own; a pad-id token alone in its segment is padding, not a 1-token
+    sequence, so it gets no noise and counts nowhere. A pad id inside a longer segment (pad = eos) stays real.
     """
     real = _real_token_mask(layout.attention_mask, batch, seq_len)
     if eligible is not None:
         real = eligible if real is None else real * eligible
     lengths: torch.Tensor | None = None
     if layout.cu_seqlens is not None:
-        lengths, inside = _lengths_from_cu_seqlens(layout.cu_seqlens.to(device), batch, seq_len)
-        real = inside if real is None else real * inside
+        lengths, real = _lengths_from_cu_seqlens(layout.cu_seqlens.to(device), batch, seq_len, real, pads)
     else:
         position_ids = _position_ids_for(layout.position_ids, batch, seq_len)
         if position_ids is not None:
             if real is None:
                 real = torch.ones(batch, seq_len, dtype=torch.float32, device=device)
-            lengths = _lengths_from_position_ids(position_ids.to(device), real)
+            lengths, real = _lengths_from_position_ids(position_ids.to(device), real, pads)
         elif real is not None:
             lengths = real.sum(-1, keepdim=True)
     if lengths is None or real is None:

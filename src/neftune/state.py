@@ -8,6 +8,7 @@ import torch
 
 from .call_context import CallStack
 from .config import NEFTuneConfig
+from .replay import ReplayStore
 from .rng import NoiseGenerators, world_size
 from .schedule import alpha_factor
 from .stats import StatsAccumulator
@@ -43,9 +44,12 @@ class NoiseState:
         track_stats: bool = False,
         placeholder_ids: tuple[int, ...] = (),
         quiet_inside: frozenset[int] = frozenset(),
+        pad_token_id: int | None = None,
     ) -> None:
         self.config = config
         self.placeholder_ids = placeholder_ids
+        self.pad_token_id = pad_token_id  # a pad-id token alone in a packed segment is padding (layout.py)
+        self.replays = ReplayStore()  # what checkpoint recomputes must add again (replay.py)
         self.quiet_inside = quiet_inside  # ids of modules inside whose forward no noise is added
         self.stack = CallStack()
         self.suspended = 0  # > 0 inside `disable_noise`; a counter so the context manager nests
@@ -92,6 +96,7 @@ class NoiseState:
         return tensor
 
     def set_step(self, step: int) -> None:
+        self.replays.clear()  # a new optimizer step: every backward of the last one has run
         if self.generators is not None:
             self.generators.set_step(step)
 

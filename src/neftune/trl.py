@@ -13,8 +13,10 @@ from typing import Any
 
 import trl
 
+from .apply import embed_scale_factor
 from .callback import NEFTuneCallback
 from .config import SCALINGS, NEFTuneConfig, validate_alpha
+from .discovery import select_targets
 from .errors import NEFTuneError
 from .noise import NOISE_KINDS
 from .schedule import SCHEDULES
@@ -142,10 +144,11 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
         source = "neftune_noise_alpha of the config" if took_over else "neftune's default"
         logger.info(
             "NEFTune: neftune's implementation is active (alpha=%s from %s, scaling=%s); transformers' own "
-            "neftune_post_forward_hook is disabled.",
+            "neftune_post_forward_hook is disabled.%s",
             config.alpha,
             source,
             config.scaling,
+            _porting_note(self.model, config.alpha),
         )
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
@@ -153,6 +156,21 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
             return super().train(*args, **kwargs)
         finally:
             self.neftune_callback.release()  # also when training raises
+
+
+def _porting_note(model: Any, alpha: float) -> str:
+    """On models that scale their embeddings, the same alpha means more noise than transformers' hook adds."""
+    try:
+        modules = [module for _, module in select_targets(model, None, None).targets]
+    except NEFTuneError:
+        return ""  # no embedding found: apply_neftune will say so at train begin
+    factor = max((embed_scale_factor(module) for module in modules), default=1.0)
+    if factor == 1.0 or alpha == 0:
+        return ""
+    return (
+        f" This model scales its embeddings by {factor:.3g}: alpha {alpha:g} adds {factor:.3g}x the noise "
+        f"transformers' hook adds for the same neftune_noise_alpha; use {alpha / factor:.3g} for the same noise."
+    )
 
 
 NEFTuneSFTConfig = SFTConfig

@@ -1,0 +1,90 @@
+"""Activation checkpointing: the recompute in backward must add exactly the noise the forward added.
+
+`torch.utils.checkpoint` (reentrant or not), `checkpoint_sequential` and `apply_activation_checkpointing` run a
+region's forward again during backward. An embedding inside such a region would draw fresh noise there (neftune's
+own generators are not among the RNG states torch restores) and would see no layout (the enclosing forwards have
+returned), so the recomputed activations, and with them the gradients, would differ from the forward's.
+
+Every noised forward therefore leaves a `Replay`: the generator state before its draw and the per-token scale it
+used. A call of the hooked module while autograd runs a backward pass is a recompute; it takes the newest replay
+of the same hook and input ids and draws the same noise from a copy of that state. A recompute with no replay
+adds nothing: its forward added nothing either (suspended, without autograd, scheduled to 0).
+
+Replays are small (a generator state and one float per token), dropped when used, when training moves to the next
+step, and beyond the newest `MAX_REPLAYS`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+MAX_REPLAYS = 64
+
+
+def in_backward() -> bool:
+    """Whether autograd is running a backward pass on this thread (where a forward call is a recompute)."""
+    if torch.compiler.is_compiling():
+        return False  # compiled regions trace their own recomputation
+    return bool(torch._C._current_graph_task_id() != -1)
+
+
+@dataclass(frozen=True)
+class DrawPlan:
+    """How one call turns a draw into its noise: `uniform_bound` draws `Uniform(-b, b)` directly (transformers'
+    arithmetic), else unit noise times `pre_scale`; the result is then multiplied by `scale`, if any."""
+
+    uniform_bound: float | None
+    pre_scale: float | None
+    scale: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Replay:
+    owner: int  # id of the NoiseHook
+    ids_key: tuple[int, tuple[int, ...]]
+    rng_state: torch.Tensor
+    own_generator: bool  # neftune's own generator (True) or torch's default one (False)
+    plan: DrawPlan
+
+
+def ids_key(args: tuple[object, ...]) -> tuple[int, tuple[int, ...]]:
+    """Identifies the ids a call embedded: a recompute gets the same tensor, or a detached alias of its storage."""
+    ids = args[0] if args else None
+    if isinstance(ids, torch.Tensor):
+        return ids.data_ptr(), tuple(ids.shape)
+    return 0, ()
+
+
+def default_generator(device: torch.device) -> torch.Generator:
+    if device.type == "cpu":
+        return torch.default_generator
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    generator: torch.Generator = torch.cuda.default_generators[index]
+    return generator
+
+
+class ReplayStore:
+    """The replays of one application's noised forwards, newest last."""
+
+    def __init__(self) -> None:
+        self._replays: deque[Replay] = deque(maxlen=MAX_REPLAYS)
+
+    def add(self, replay: Replay) -> None:
+        self._replays.append(replay)
+
+    def take(self, owner: int, key: tuple[int, tuple[int, ...]]) -> Replay | None:
+        for index in range(len(self._replays) - 1, -1, -1):
+            replay = self._replays[index]
+            if replay.owner == owner and replay.ids_key == key:
+                del self._replays[index]
+                return replay
+        return None
+
+    def clear(self) -> None:
+        self._replays.clear()
+
+    def __len__(self) -> int:
+        return len(self._replays)
