@@ -12,6 +12,7 @@ from ._version import __version__
 from .apply import NEFTuneHandle, apply_neftune, disable_noise, is_neftune_active, remove_neftune
 from .config import NEFTuneConfig
 from .errors import NEFTuneError
+from .integrations.transformers_patch import TransformersPatch, patch_transformers, unpatch_transformers
 from .stats import NoiseStats
 
 if TYPE_CHECKING:
@@ -28,11 +29,14 @@ __all__ = [
     "NoiseStats",
     "SFTConfig",
     "SFTTrainer",
+    "TransformersPatch",
     "__version__",
     "apply_neftune",
     "disable_noise",
     "is_neftune_active",
+    "patch_transformers",
     "remove_neftune",
+    "unpatch_transformers",
 ]
 
 

@@ -168,8 +168,8 @@ class NEFTuneHandle:
 
 
 def _carries_transformers_neftune(module: nn.Module) -> bool:
-    if "neftune_noise_alpha" in vars(module):
-        return True
+    """transformers' hook is registered on `module`. Its `neftune_noise_alpha` attribute alone is stale, not live
+    NEFTune: transformers 4.x deletes it only on success, unsloth sets it without registering any hook."""
     return any(getattr(hook, "__name__", None) == _TRANSFORMERS_HOOK_NAME for hook in module._forward_hooks.values())
 
 

@@ -191,7 +191,8 @@ class NEFTuneCallback(TrainerCallback):
             why = (
                 f"the hooked module {names} was called {calls} times: {now.eval_mode - before.eval_mode} in eval "
                 f"mode, {now.no_grad - before.no_grad} without autograd, {now.suspended - before.suspended} inside "
-                "disable_noise; put the embedding in training mode (model.train())"
+                "disable_noise; put the embedding in training mode (model.train()); a reentrant activation "
+                "checkpoint around the embedding runs its forward without autograd: use use_reentrant=False"
             )
         message = f"NEFTune added no noise during the last {steps} training step(s): {why}."
         if self.on_silent == "raise":

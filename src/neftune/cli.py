@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     add_sweep_parser(commands)
     commands.add_parser(
+        "run",
+        help="run a training script or -m module with neftune in place of transformers' neftune_noise_alpha hook "
+        "(see `neftune run --help`)",
+        add_help=False,
+    )
+    commands.add_parser(
         "sft",
         help="one SFT run with NEFTune: TRL's SFTConfig options plus neftune's (see `neftune sft --help`)",
         add_help=False,
@@ -132,6 +138,10 @@ def run_sweep_command(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # everything after `--` belongs to the target
+        from .run_command import main as run_main
+
+        return run_main(argv[1:])
     if argv[:1] == ["sft"]:  # TRL-style options are parsed by HfArgumentParser, not argparse
         from .sft import main as sft_main
 

@@ -1,0 +1,1 @@
+"""Ways into frameworks that already set `neftune_noise_alpha`: the transformers patch and the axolotl plugin."""
