@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_REPLAYS = 64
+MAX_REPLAYS = 16
 
 
 def in_backward() -> bool:
