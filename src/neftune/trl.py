@@ -14,7 +14,7 @@ from typing import Any
 import trl
 
 from .callback import NEFTuneCallback
-from .config import SCALINGS, NEFTuneConfig, validate_alpha
+from .config import SCALINGS, NEFTuneConfig, validate_alpha, validate_count, validate_flag
 from .errors import NEFTuneError
 from .noise import NOISE_KINDS
 from .schedule import SCHEDULES
@@ -97,6 +97,10 @@ class SFTConfig(trl.SFTConfig):  # type: ignore[misc]
 
     def __post_init__(self) -> None:
         neftune_config_from_args(self)  # validate early, with the field names in the messages
+        if self.neftune_clean_loss_steps is not None:
+            validate_count(self.neftune_clean_loss_steps, name="neftune_clean_loss_steps", example=50, none_ok=True)
+        validate_count(self.neftune_clean_loss_samples, name="neftune_clean_loss_samples", example=16)
+        validate_flag(self.neftune_log_stats, name="neftune_log_stats")
         super().__post_init__()
 
 

@@ -4,21 +4,57 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from ..errors import NEFTuneError
 
 
-def tokenizer_and_pairs(model: str | None, dataset: str | None) -> tuple[Any, list[tuple[str, str]]]:
-    """The tokenizer and the (prompt, completion) pairs of a run; the embedded tiny model gets a tokenizer
-    trained on the run's own text."""
-    from .data import load_pairs
+class RunData(NamedTuple):
+    tokenizer: Any
+    pairs: list[tuple[str, str]]
+    prompt_format: str  # "alpaca" or "chat", as resolved for this tokenizer
+
+
+def load_run_data(model: str | None, dataset: str | None, prompt_format: str = "auto") -> RunData:
+    """The tokenizer and the (prompt, completion) pairs of a run; the embedded tiny model (a base model: Alpaca
+    under "auto") gets a tokenizer trained on the run's own text."""
+    from .data import load_pairs, resolve_prompt_format
 
     if model is None:
         from ..toy import tiny_tokenizer
 
-        pairs = load_pairs(dataset, tiny_tokenizer())  # the default tokenizer only renders chat templates here
-        return load_tokenizer(None, [prompt + completion for prompt, completion in pairs]), pairs
+        renderer = tiny_tokenizer()  # renders chat templates here; the run's tokenizer is trained on the result
+        chosen = "alpaca" if prompt_format == "auto" else resolve_prompt_format(prompt_format, renderer)
+        pairs = load_pairs(dataset, renderer, chosen)
+        return RunData(load_tokenizer(None, [prompt + completion for prompt, completion in pairs]), pairs, chosen)
+    check_model_location(model)
     tokenizer = load_tokenizer(model, [])
-    return tokenizer, load_pairs(dataset, tokenizer)
+    chosen = resolve_prompt_format(prompt_format, tokenizer)
+    return RunData(tokenizer, load_pairs(dataset, tokenizer, chosen), chosen)
+
+
+def tokenizer_and_pairs(model: str | None, dataset: str | None) -> tuple[Any, list[tuple[str, str]]]:
+    """`load_run_data` with the Alpaca template, as (tokenizer, pairs)."""
+    data = load_run_data(model, dataset, "alpaca")
+    return data.tokenizer, data.pairs
+
+
+def check_model_location(model: str) -> None:
+    """A model given as a path must exist (a hub id has at most one '/'); say so before transformers' repo-id error."""
+    path = Path(model).expanduser()
+    looks_local = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or path.suffix == ".gguf"
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists():
+            raise NEFTuneError(
+                f"model directory {model!r} has no config.json; pass a directory written by save_pretrained, a "
+                ".gguf file, or a hub id such as Qwen/Qwen2.5-0.5B"
+            )
+        return
+    if looks_local:
+        raise NEFTuneError(
+            f"model {model!r} does not exist; pass an existing directory (with config.json), a .gguf file, a hub id "
+            "such as Qwen/Qwen2.5-0.5B, or toy for the built-in tiny model"
+        )
 
 
 def load_tokenizer(model: str | None, corpus: list[str]) -> Any:
