@@ -131,6 +131,7 @@ def cell_name(noise: str, alpha: float, seed: int) -> str:
 def _train(config: SweepConfig, noise: str, alpha: float, seed: int, train: list[Pair], tokenizer: Any) -> Any:
     import torch
     from datasets import Dataset
+    from transformers import PrinterCallback
 
     from ..trl import SFTConfig, SFTTrainer
 
@@ -169,6 +170,7 @@ def _train(config: SweepConfig, noise: str, alpha: float, seed: int, train: list
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config
         )
+        trainer.remove_callback(PrinterCallback)  # its per-step dicts would drown the sweep's progress lines
         trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return trainer.model, (losses[-1] if losses else math.nan), trainer.state.log_history
@@ -177,7 +179,15 @@ def _train(config: SweepConfig, noise: str, alpha: float, seed: int, train: list
 def _evaluate(
     config: SweepConfig, model: Any, tokenizer: Any, train: list[Pair], heldout: list[Pair]
 ) -> dict[str, float]:
-    from ..eval import bleu, diversity_metrics, generate_greedy, mean_completion_loss, output_lengths, rouge_l
+    from ..eval import (
+        bleu,
+        degenerate_share,
+        diversity_metrics,
+        generate_greedy,
+        mean_completion_loss,
+        output_lengths,
+        rouge_l,
+    )
 
     train_probe = train[: config.eval_prompts]
     heldout_probe = heldout[: config.eval_prompts]
@@ -200,6 +210,7 @@ def _evaluate(
         "heldout_length_chars": lengths["chars"],
         "heldout_length_words": lengths["words"],
         **{f"heldout_{k}": v for k, v in diversity_metrics(heldout_outputs, config.prefix_words).items()},
+        "heldout_degenerate": degenerate_share(heldout_outputs),
         "example_output": heldout_outputs[0] if heldout_outputs else "",  # type: ignore[dict-item]
     }
 
@@ -264,4 +275,4 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict[str, Any]:
         }
         (out / "cells" / f"{cell_name(noise, alpha, seed)}.json").write_text(json.dumps(result, indent=1))
     results = [json.loads((out / "cells" / f"{cell_name(*cell)}.json").read_text()) for cell in cells]
-    return write_report(config, results, len(train), len(heldout))
+    return write_report(config, results, len(train), len(heldout), data.prompt_format)
