@@ -127,8 +127,10 @@ class _ActivationAndWarnings(logging.Filter):
 def show_neftune_log() -> None:
     """Make the `neftune` logger's activation line and warnings visible at the default log level (idempotent)."""
     logger = logging.getLogger("neftune")
-    if any(getattr(handler, "_neftune_cli", False) for handler in logger.handlers):
-        return
+    for existing in logger.handlers:
+        if getattr(existing, "_neftune_cli", False) and isinstance(existing, logging.StreamHandler):
+            existing.stream = sys.stderr  # main() may run again in one process, with another stderr
+            return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_ActivationAndWarnings())
