@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import copy
+import atexit
+import gc
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -73,7 +76,8 @@ def load_tokenizer(model: str | None, corpus: list[str]) -> Any:
     return tokenizer
 
 
-_GGUF_CACHE: dict[str, Any] = {}
+# GGUF file -> directory holding its dequantised weights as a plain checkpoint, written once per process.
+_GGUF_PLAIN: dict[str, str] = {}
 TOY_EMBEDDING_STD = 0.3
 
 
@@ -95,15 +99,16 @@ def load_model(model: str | None, tokenizer: Any, seed: int) -> Any:
     directory, gguf = _location(model)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if gguf:
-        return copy.deepcopy(_dequantized(directory, gguf, dtype))
+        # Each cell loads the plain copy from disk: one model in memory, not a cached one plus a deep copy.
+        return AutoModelForCausalLM.from_pretrained(_dequantized(directory, gguf, dtype), dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
 
 
-def _dequantized(directory: str, gguf: str, dtype: Any) -> Any:
-    """A GGUF checkpoint as a plain trainable model (transformers refuses to train a GGUF-quantised one),
-    loaded once per process: every cell gets a deep copy."""
+def _dequantized(directory: str, gguf: str, dtype: Any) -> str:
+    """A GGUF checkpoint as a plain trainable checkpoint (transformers refuses to train a GGUF-quantised model),
+    dequantised once per process into a temporary directory, which is removed at exit."""
     key = f"{directory}/{gguf}"
-    if key not in _GGUF_CACHE:
+    if key not in _GGUF_PLAIN:
         from transformers import AutoModelForCausalLM
 
         loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=dtype)
@@ -112,8 +117,14 @@ def _dequantized(directory: str, gguf: str, dtype: Any) -> Any:
             del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
         plain.load_state_dict(loaded.state_dict())
-        _GGUF_CACHE[key] = plain
-    return _GGUF_CACHE[key]
+        del loaded
+        scratch = tempfile.mkdtemp(prefix="neftune-gguf-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        plain.save_pretrained(scratch)
+        del plain
+        gc.collect()
+        _GGUF_PLAIN[key] = scratch
+    return _GGUF_PLAIN[key]
 
 
 def _location(model: str) -> tuple[str, str | None]:

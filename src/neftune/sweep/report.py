@@ -146,7 +146,7 @@ def _warnings(config: Any, results: list[dict[str, Any]], n_train: int) -> list[
         seen = config.steps * config.batch_size * config.gradient_accumulation
         if seen < SMALL_DATA_SHARE * n_train:
             lines.append(
-                f"- Each run saw at most {seen} of the {n_train} training examples ({seen / n_train:.0%}): the sweep "
+                f"- Each run saw at most {seen} of the {n_train} training examples ({seen / n_train:.1%}): the sweep "
                 "measures a short run on a small part of the data; raise --steps or set --max-train-examples."
             )
     return ["", "## Warnings", "", *lines] if lines else []

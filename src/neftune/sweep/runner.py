@@ -6,6 +6,7 @@ Each finished cell is written to `<output_dir>/cells/<cell>.json`; running the s
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import sys
@@ -173,7 +174,13 @@ def _train(config: SweepConfig, noise: str, alpha: float, seed: int, train: list
         trainer.remove_callback(PrinterCallback)  # its per-step dicts would drown the sweep's progress lines
         trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return trainer.model, (losses[-1] if losses else math.nan), trainer.state.log_history
+    trained, history = trainer.model, trainer.state.log_history
+    # The optimizer's state (twice the trainable weights) would otherwise live through the evaluation.
+    trainer.optimizer = trainer.lr_scheduler = None
+    trainer.accelerator.free_memory()
+    del trainer
+    gc.collect()
+    return trained, (losses[-1] if losses else math.nan), history
 
 
 def _evaluate(
