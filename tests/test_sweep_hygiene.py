@@ -200,3 +200,46 @@ def test_report_without_problems_has_no_warnings(tmp_path: Path) -> None:
 )
 def test_degenerate_share(texts: list[str], share: float) -> None:
     assert degenerate_share(texts) == share
+
+
+def test_progress_off_a_terminal_is_one_plain_line_per_cell(
+    tmp_path: Path, trained: list[tuple[str, float, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sweep(SweepConfig(output_dir=str(tmp_path), alphas=(0.0, 5.0), **SMALL), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("neftune sweep: 2 cells (0 done), model embedded toy,")
+    assert "prompt format alpaca, lr 0.002" in lines[0]
+    assert [line.split(" done")[0] for line in lines[1:]] == [
+        "neftune sweep: cell 1/2 (none-alpha0-seed0)",
+        "neftune sweep: cell 2/2 (uniform-alpha5-seed0)",
+    ]
+    assert not any("\r" in line for line in lines)
+
+
+class _Templated:
+    """A tokenizer stand-in with a chat template that writes BOS itself (as Gemma's does)."""
+
+    bos_token = "<bos>"
+    chat_template = "set"
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
+        return "<bos>" + "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+def test_prompt_formats(tmp_path: Path) -> None:
+    from neftune.sweep.data import ALPACA_PROMPT_WITH_INPUT, load_pairs, resolve_prompt_format
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "Sum.", "input": "2 and 3", "output": "5"}) + "\n")
+    ((chat, completion),) = load_pairs(str(data), _Templated(), "chat")
+    assert (chat, completion) == ("<user>Sum.\n\n2 and 3<assistant>", "5")  # BOS left to the tokenizer
+    ((alpaca, _),) = load_pairs(str(data), _Templated(), "alpaca")
+    assert alpaca == ALPACA_PROMPT_WITH_INPUT.format(instruction="Sum.", input="2 and 3")
+    assert resolve_prompt_format("auto", _Templated()) == "chat"
+
+    class Base:
+        chat_template = None
+
+    assert resolve_prompt_format("auto", Base()) == "alpaca"
+    with pytest.raises(NEFTuneError, match="prompt_format 'chat' needs a tokenizer with a chat template"):
+        resolve_prompt_format("chat", Base())
