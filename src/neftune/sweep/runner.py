@@ -256,6 +256,10 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict[str, Any]:
     tokenizer = data.tokenizer
     cells = config.cells()
     todo = [cell for cell in cells if not (out / "cells" / f"{cell_name(*cell)}.json").exists()]
+    if progress and not sys.stderr.isatty():
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()  # TRL's tokenising passes would print bars into the log file
     if progress:
         print(
             f"neftune sweep: {len(cells)} cells ({len(cells) - len(todo)} done), model "
