@@ -16,8 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from neftune.sweep import SweepConfig, run_sweep
-from neftune.sweep import runner
+from neftune.sweep import SweepConfig, run_sweep, runner
 
 
 def rss_mib() -> float:
