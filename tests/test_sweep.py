@@ -123,13 +123,19 @@ def test_the_shared_dolly_file_loads() -> None:
     assert len(pairs) == 6400 and pairs[0][0].startswith(ALPACA_PROMPT.split("{")[0])
 
 
-def _cli(*args: str, cwd: Path) -> str:
+def _cli_result(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    source = str(Path(sweep_runner.__file__).resolve().parents[2])  # this checkout's neftune
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([source, env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, "-m", "neftune", *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return result
+
+
+def _cli(*args: str, cwd: Path) -> str:
+    return _cli_result(*args, cwd=cwd).stdout
 
 
 def test_cli_sweep_embedded_default(tmp_path: Path) -> None:
@@ -141,8 +147,10 @@ def test_cli_sweep_embedded_default(tmp_path: Path) -> None:
 
 
 def test_cli_sft(tmp_path: Path) -> None:
-    out = _cli(
+    result = _cli_result(
         "sft",
+        "--model",
+        "toy",
         "--output_dir",
         str(tmp_path / "run"),
         "--max_steps",
@@ -157,7 +165,11 @@ def test_cli_sft(tmp_path: Path) -> None:
         "32",
         cwd=tmp_path,
     )
-    assert "saved to" in out
+    assert "saved to" in result.stdout
+    err = result.stderr.splitlines()
+    assert sum(line.startswith("NEFTune active: alpha 5, per_sequence") for line in err) == 1
+    assert any("training the built-in TOY model" in line for line in err)
+    assert any("prompt format alpaca" in line for line in err)
     assert (tmp_path / "run" / "model.safetensors").exists() or any((tmp_path / "run").glob("*.safetensors"))
 
 

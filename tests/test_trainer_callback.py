@@ -116,7 +116,7 @@ def test_embedding_in_eval_mode_warns_when_asked(tokenizer: Any, tmp_path: Path)
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"clean_loss_steps": 0}, "clean_loss_steps must be a positive number"),
+        ({"clean_loss_steps": 0}, "clean_loss_steps must be >= 1 or None"),
         ({"clean_loss_samples": 0}, "clean_loss_samples must be >= 1"),
         ({"on_silent": "ignore"}, "on_silent must be 'raise' or 'warn'"),
     ],

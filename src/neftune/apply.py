@@ -283,7 +283,7 @@ def apply_neftune(
             )
             ancestor.register_forward_pre_hook(recorder.before, with_kwargs=True)
             ancestor.register_forward_hook(recorder.after, always_call=True)
-    logger.info("%s", describe_application(handle))
+    logger.info(describe_application(handle))  # the one line per run the CLI shows (cli_support.py)
     return handle
 
 

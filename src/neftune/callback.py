@@ -11,7 +11,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from .apply import NEFTuneHandle, apply_neftune
 from .clean_loss import CleanLossProbe
-from .config import NEFTuneConfig, as_config
+from .config import NEFTuneConfig, as_config, validate_count, validate_flag
 from .discovery import FilterFn
 from .errors import NEFTuneError
 from .state import CallCounts
@@ -80,12 +80,10 @@ class NEFTuneCallback(TrainerCallback):
     ) -> None:
         self.config = as_config(alpha_or_config)
         self.filter_fn = filter_fn
-        if clean_loss_steps is not None and (isinstance(clean_loss_steps, bool) or clean_loss_steps < 1):
-            raise NEFTuneError(
-                f"clean_loss_steps must be a positive number of steps or None, got {clean_loss_steps!r}."
-            )
-        if isinstance(clean_loss_samples, bool) or clean_loss_samples < 1:
-            raise NEFTuneError(f"clean_loss_samples must be >= 1, got {clean_loss_samples!r}.")
+        if clean_loss_steps is not None:
+            validate_count(clean_loss_steps, name="clean_loss_steps", example=50, none_ok=True)
+        validate_count(clean_loss_samples, name="clean_loss_samples", example=16)
+        validate_flag(log_stats, name="log_stats")
         if on_silent not in ("raise", "warn"):
             raise NEFTuneError(f"on_silent must be 'raise' or 'warn', got {on_silent!r}.")
         self.clean_loss_steps = clean_loss_steps

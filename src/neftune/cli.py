@@ -1,4 +1,8 @@
-"""`neftune` command line: `neftune demo`."""
+"""`neftune` command line: `neftune demo`, `neftune sweep`, `neftune sft`.
+
+Every error is one line on stderr, `neftune <command>: error: ...`, with exit status 2; `neftune --debug
+<command>` (or `NEFTUNE_DEBUG=1`) also prints the traceback. Each command checks its extras before any work.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,31 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .cli_support import (
+    OneLineParser,
+    comma_separated,
+    debug_requested,
+    require_modules,
+    run_guarded,
+    version_text,
+)
 from .config import SCALINGS, NEFTuneConfig
 from .noise import NOISE_KINDS
 from .schedule import SCHEDULES
+
+# The modules each command imports, checked before it does any work, and the extra that brings them.
+_TRAINING = ("transformers", "tokenizers", "trl", "datasets", "accelerate", "peft")
+COMMAND_NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "demo": (("transformers",), ("transformers",)),
+    "sweep": ((*_TRAINING, "rouge_score", "sacrebleu", "matplotlib", "tqdm"), ("eval",)),
+    "sft": (("transformers", "trl", "datasets", "accelerate"), ("trl",)),
+}
+TOY_MODEL = "toy"  # `--model toy`: the built-in tiny Llama
+
+
+def require_command_extras(command: str, extra_modules: Sequence[str] = (), extra_extras: Sequence[str] = ()) -> None:
+    modules, extras = COMMAND_NEEDS[command]
+    require_modules(f"neftune {command}", [*modules, *extra_modules], [*extras, *extra_extras])
 
 
 def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +67,14 @@ def config_from_arguments(args: argparse.Namespace) -> NEFTuneConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neftune", description="NEFTune noisy embedding fine-tuning tools.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(
+        prog="neftune",
+        description="NEFTune noisy embedding fine-tuning tools. Errors are one line; `neftune --debug <command>` "
+        "(or NEFTUNE_DEBUG=1) also prints the traceback.",
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (before the command)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,sweep,sft}")
     demo = commands.add_parser("demo", help="fine-tune a tiny model for a few steps with NEFTune (no downloads)")
     demo.add_argument("--alpha", type=float, default=5.0, help="noise magnitude (default: %(default)s)")
     add_noise_arguments(demo)
@@ -63,15 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(value) for value in text.split(","))
+_floats = comma_separated(float, "0,5,10,15")
+_ints = comma_separated(int, "0,1,2")
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(value) for value in text.split(","))
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(","))
 
 
 def add_sweep_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from .sweep.data import PROMPT_FORMATS
     from .sweep.runner import SweepConfig
 
     defaults = SweepConfig()
@@ -79,24 +112,35 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
         "sweep",
         help="train one model per (alpha, seed) and measure the paper's signatures (no arguments: embedded default)",
         description="With no --model and --dataset, runs on an embedded tiny model and data made in code (no "
-        "downloads). Re-running the same command resumes: finished cells are skipped.",
+        "downloads). Re-running the same command resumes: finished cells are skipped. Every option is checked "
+        "before anything is written or trained.",
     )
-    sweep.add_argument("--model", default=None, help="hub id, local directory, or a .gguf file")
+    sweep.add_argument(
+        "--model",
+        default=None,
+        help=f"hub id, local directory, or a .gguf file (default: {TOY_MODEL}, the embedded one)",
+    )
     sweep.add_argument("--dataset", default=None, help="hub id, or a local .json/.jsonl (Alpaca, Dolly or messages)")
     sweep.add_argument("--output-dir", default=defaults.output_dir)
     sweep.add_argument("--alphas", type=_floats, default=defaults.alphas, help="comma-separated (default: 0,5,10,15)")
     sweep.add_argument("--seeds", type=_ints, default=defaults.seeds, help="comma-separated (default: 0)")
     sweep.add_argument(
         "--noises",
-        type=lambda text: tuple(text.split(",")),
+        type=_words,
         default=defaults.noises,
-        help="noise kinds to compare, comma-separated: uniform,gaussian,symmetric (default: uniform)",
+        help=f"noise kinds to compare, comma-separated: {','.join(NOISE_KINDS)} (default: uniform)",
     )
     sweep.add_argument("--finetune", choices=["full", "lora"], default=defaults.finetune)
     sweep.add_argument("--lora-r", type=int, default=defaults.lora_r)
     sweep.add_argument("--steps", type=int, default=None, help=f"training steps (default: {defaults.steps})")
     sweep.add_argument("--epochs", type=float, default=None, help="training epochs instead of steps")
-    sweep.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    sweep.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="default by model kind: 2e-3 for the embedded toy, 2e-4 for LoRA and 2e-5 for full fine-tuning of a "
+        "pretrained model",
+    )
     sweep.add_argument("--batch-size", type=int, default=defaults.batch_size)
     sweep.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation)
     sweep.add_argument("--max-length", type=int, default=defaults.max_length)
@@ -105,14 +149,24 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
     sweep.add_argument("--eval-prompts", type=int, default=defaults.eval_prompts)
     sweep.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     sweep.add_argument("--prefix-words", type=int, default=defaults.prefix_words, help="diversity prefix length")
+    sweep.add_argument(
+        "--prompt-format",
+        choices=PROMPT_FORMATS,
+        default=defaults.prompt_format,
+        help="alpaca: the paper's Alpaca template; chat: the tokenizer's chat template; auto (default): chat when "
+        "the model's tokenizer has one, else alpaca (the embedded toy: alpaca)",
+    )
 
 
-def run_sweep_command(args: argparse.Namespace) -> None:
+def run_sweep_command(args: argparse.Namespace) -> int:
+    model = None if args.model == TOY_MODEL else args.model
+    gguf = ("gguf",) if model and model.endswith(".gguf") else ()
+    require_command_extras("sweep", gguf)
     from .sweep import SweepConfig, run_sweep
 
     steps = args.steps if args.steps is not None else (None if args.epochs else SweepConfig().steps)
     config = SweepConfig(
-        model=args.model,
+        model=model,
         dataset=args.dataset,
         output_dir=args.output_dir,
         alphas=args.alphas,
@@ -131,28 +185,42 @@ def run_sweep_command(args: argparse.Namespace) -> None:
         eval_prompts=args.eval_prompts,
         max_new_tokens=args.max_new_tokens,
         prefix_words=args.prefix_words,
+        prompt_format=args.prompt_format,
     )
     summary = run_sweep(config)
     print(f"wrote {config.output_dir}/results.json, report.md and metrics.png ({len(summary['cells'])} cells)")
+    return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["run"]:  # everything after `--` belongs to the target
-        from .run_command import main as run_main
+def run_demo_command(args: argparse.Namespace) -> int:
+    config = config_from_arguments(args)  # validates alpha and the options before the imports below
+    require_command_extras("demo")
+    from .demo import print_demo, run_demo
 
-        return run_main(argv[1:])
+    print_demo(run_demo(config, steps=args.steps, seed=args.seed), config)
+    return 0
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["sft"]:  # TRL-style options are parsed by HfArgumentParser, not argparse
+        require_command_extras("sft")
         from .sft import main as sft_main
 
         sft_main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
-        run_sweep_command(args)
-    if args.command == "demo":
-        from .demo import print_demo, run_demo
+        return run_sweep_command(args)
+    return run_demo_command(args)
 
-        config = config_from_arguments(args)
-        print_demo(run_demo(config, steps=args.steps, seed=args.seed), config)
-    return 0
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["run"]:  # the target's own errors keep their tracebacks: not guarded
+        from .run_command import main as run_main
+
+        return run_main(arguments[1:])
+    debug = debug_requested(arguments)
+    command = arguments[0] if arguments and not arguments[0].startswith("-") else None
+    prog = f"neftune {command}" if command in ("demo", "sweep", "sft") else "neftune"
+    return run_guarded(prog, lambda: _dispatch(arguments), debug)

@@ -43,6 +43,24 @@ def validate_alpha(alpha: object, *, name: str = "alpha") -> float:
     return value
 
 
+def validate_count(value: object, *, name: str, example: int, none_ok: bool = False) -> int:
+    """Return `value` as a whole number >= 1, or raise: `TypeError` for a non-integer (`1.5`, `"5"`, `True`),
+    `NEFTuneError` for 0 or less. `none_ok` only adds "or None" to the messages; callers pass None through."""
+    off = " or None" if none_ok else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number >= 1{off}, got {value!r} of type {type(value).__name__}.")
+    if int(value) < 1:
+        raise NEFTuneError(f"{name} must be >= 1{off}, got {value!r}; e.g. {example}.")
+    return int(value)
+
+
+def validate_flag(value: object, *, name: str) -> bool:
+    """Return `value` if it is True or False, else raise `TypeError` (`"no"` is truthy, so it is never guessed)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}.")
+    return value
+
+
 @dataclass(frozen=True)
 class NEFTuneConfig:
     """How NEFTune noises the input embeddings.

@@ -17,6 +17,7 @@ import runpy
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from .config import NEFTuneConfig
 
@@ -45,14 +46,17 @@ def split_target(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """(neftune's own arguments, the target and its arguments), split at the first `--`."""
     argv = list(argv)
     if "--" not in argv:
-        raise SystemExit(
-            "neftune run: error: put the target after --, e.g. neftune run --alpha 5 -- train.py --lr 2e-5"
-        )
+        _usage_error("put the target after --, e.g. neftune run --alpha 5 -- train.py --lr 2e-5")
     index = argv.index("--")
     own, target = argv[:index], argv[index + 1 :]
     if not target or target == ["-m"]:
-        raise SystemExit("neftune run: error: no target after --; give a script path or -m MODULE")
+        _usage_error("no target after --; give a script path or -m MODULE")
     return own, target
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(f"neftune run: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -2,21 +2,38 @@
 
 Every `trl.SFTConfig` option (`--learning_rate`, `--max_steps`, `--packing`, ...) plus neftune's
 (`--neftune_noise_alpha`, `--neftune_scaling`, `--neftune_noise`, ...) and the model/data options below.
+`--model` is required; `--model toy` trains the built-in tiny Llama (a smoke test, no download).
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
+from .cli_support import CLIError, require_modules, show_neftune_log
+from .sweep.data import PROMPT_FORMATS
 from .trl import SFTConfig
+
+PROG = "neftune sft"
+USAGE = (
+    "neftune sft --model MODEL [--dataset DATASET] [--lora true] [--prompt_format {auto,alpaca,chat}]\n"
+    "                   [--output_dir DIR] [neftune options] [TRL SFTConfig options]"
+)
+TOY = "toy"
 
 
 @dataclass
 class SFTRunArguments:
+    _argument_group_name = "model and data"
+
     model: str | None = field(
-        default=None, metadata={"help": "Hub id, local directory or .gguf file. Default: the embedded tiny model."}
+        default=None,
+        metadata={"help": "Required. Hub id, local directory or .gguf file; `toy` for the built-in tiny Llama."},
     )
     dataset: str | None = field(
         default=None,
@@ -25,23 +42,98 @@ class SFTRunArguments:
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     max_train_examples: int | None = field(default=None, metadata={"help": "Use at most this many examples."})
+    prompt_format: str = field(
+        default="auto",
+        metadata={
+            "help": "alpaca: the paper's Alpaca template; chat: the tokenizer's chat template; auto: chat when the "
+            "tokenizer has one, else alpaca (the toy: alpaca).",
+            "choices": list(PROMPT_FORMATS),
+        },
+    )
+
+
+def build_parser() -> Any:
+    """HfArgumentParser with one-line errors, headed `usage: neftune sft`, neftune's options before TRL's."""
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise CLIError(f"{message}; see `{PROG} --help`", prog=PROG)
+
+    parser = Parser(
+        (SFTRunArguments, SFTConfig),  # type: ignore[arg-type]
+        prog=PROG,
+        usage=USAGE,
+        description="One SFT run with NEFTune (neftune.SFTTrainer). NEFTune is on with alpha 5 unless "
+        "--neftune_noise_alpha says otherwise.",
+    )
+    # argparse prints groups in list order: model and data, then NEFTune, then everything TRL/transformers adds.
+    general = parser._optionals
+    general.title = "TRL SFTConfig / transformers TrainingArguments options"
+    neftune = parser.add_argument_group("NEFTune options (neftune.SFTConfig)")
+    for action in [a for a in general._group_actions if a.dest.startswith("neftune_")]:
+        general._group_actions.remove(action)
+        neftune._group_actions.append(action)
+    groups = parser._action_groups
+    groups.remove(general)
+    groups.append(general)
+    return parser
+
+
+def _unknown(remaining: list[str], parser: argparse.ArgumentParser) -> CLIError:
+    flags = [option for action in parser._actions for option in action.option_strings]
+    first = next((arg for arg in remaining if arg.startswith("-")), remaining[0])
+    close = difflib.get_close_matches(first.split("=")[0], flags, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return CLIError(f"unrecognised argument(s) {' '.join(remaining)}{hint}; see `{PROG} --help`", prog=PROG)
+
+
+def parse(argv: Sequence[str]) -> tuple[SFTRunArguments, Any]:
+    """The run's arguments and its `SFTConfig`; every mistake is a `CLIError` saying what to change."""
+    import torch
+
+    arguments = list(argv)
+    if not torch.cuda.is_available():  # TRL defaults to bf16, which its config refuses on CPU; the user's flags win
+        arguments = ["--use_cpu", "true", "--bf16", "false", *arguments]
+    parser = build_parser()
+    # TRL's SFTConfig sets the deprecated `gradient_checkpointing` itself: not the user's to fix, so not shown.
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+    namespace_run, config, remaining = parser.parse_args_into_dataclasses(
+        args=arguments, return_remaining_strings=True, look_for_args_file=False
+    )
+    if remaining:
+        raise _unknown(remaining, parser)
+    run: SFTRunArguments = namespace_run
+    if run.model is None:
+        raise CLIError(
+            "--model is required: a hub id (e.g. Qwen/Qwen2.5-0.5B), a local directory, a .gguf file, or "
+            f"`--model {TOY}` for the built-in tiny Llama (a smoke test, no download)",
+            prog=PROG,
+        )
+    return run, config
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import torch
+    run, config = parse(list(argv) if argv is not None else sys.argv[1:])
+    model_name = None if run.model == TOY else run.model
+    modules = (["peft"] if run.lora else []) + (["gguf"] if model_name and model_name.endswith(".gguf") else [])
+    require_modules(PROG, modules, ["trl", *(["peft"] if run.lora else []), *(["eval"] if "gguf" in modules else [])])
     from datasets import Dataset
-    from transformers import HfArgumentParser
 
-    from .sweep.models import load_model, tokenizer_and_pairs
+    from .sweep.models import load_model, load_run_data
     from .trl import SFTTrainer
 
-    arguments = list(argv) if argv is not None else sys.argv[1:]
-    if not torch.cuda.is_available():  # TRL defaults to bf16, which its config refuses on CPU; the user's flags win
-        arguments = ["--use_cpu", "true", "--bf16", "false", *arguments]
-    parser = HfArgumentParser((SFTRunArguments, SFTConfig))  # type: ignore[arg-type]
-    run, config = parser.parse_args_into_dataclasses(args=arguments)
-    tokenizer, pairs = tokenizer_and_pairs(run.model, run.dataset)
-    pairs = pairs[: run.max_train_examples] if run.max_train_examples else pairs
+    show_neftune_log()
+    data = load_run_data(model_name, run.dataset, run.prompt_format)
+    pairs = data.pairs[: run.max_train_examples] if run.max_train_examples else data.pairs
+    if model_name is None:
+        print(
+            f"{PROG}: training the built-in TOY model (2-layer Llama, hidden 64, random init), not a pretrained "
+            "one: a smoke test; pass --model <hub id, directory or .gguf> for a real run",
+            file=sys.stderr,
+        )
+    source = run.dataset or "embedded templated instructions"
+    print(f"{PROG}: data {source} ({len(pairs)} examples), prompt format {data.prompt_format}", file=sys.stderr)
     peft_config = None
     if run.lora:
         from peft import LoraConfig
@@ -50,10 +142,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             r=run.lora_r, lora_alpha=2 * run.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
         )
     trainer = SFTTrainer(
-        model=load_model(run.model, tokenizer, config.seed),
+        model=load_model(model_name, data.tokenizer, config.seed),
         args=config,
         train_dataset=Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs]),
-        processing_class=tokenizer,
+        processing_class=data.tokenizer,
         peft_config=peft_config,
     )
     trainer.train()

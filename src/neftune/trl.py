@@ -15,7 +15,7 @@ import trl
 
 from .apply import embed_scale_factor
 from .callback import NEFTuneCallback
-from .config import SCALINGS, NEFTuneConfig, validate_alpha
+from .config import SCALINGS, NEFTuneConfig, validate_alpha, validate_count, validate_flag
 from .discovery import select_targets
 from .errors import NEFTuneError
 from .noise import NOISE_KINDS
@@ -99,6 +99,10 @@ class SFTConfig(trl.SFTConfig):  # type: ignore[misc]
 
     def __post_init__(self) -> None:
         neftune_config_from_args(self)  # validate early, with the field names in the messages
+        if self.neftune_clean_loss_steps is not None:
+            validate_count(self.neftune_clean_loss_steps, name="neftune_clean_loss_steps", example=50, none_ok=True)
+        validate_count(self.neftune_clean_loss_samples, name="neftune_clean_loss_samples", example=16)
+        validate_flag(self.neftune_log_stats, name="neftune_log_stats")
         super().__post_init__()
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from .generation import generate_greedy
 from .losses import mean_completion_loss
-from .metrics import bleu, diversity_metrics, output_lengths, repetition_rates, rouge_l
+from .metrics import bleu, degenerate_share, diversity_metrics, output_lengths, repetition_rates, rouge_l
 
 __all__ = [
     "bleu",
+    "degenerate_share",
     "diversity_metrics",
     "generate_greedy",
     "mean_completion_loss",

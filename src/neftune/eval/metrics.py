@@ -81,6 +81,26 @@ def diversity_metrics(texts: Sequence[str], prefix_words: int = DEFAULT_PREFIX_W
     }
 
 
+def degenerate_share(texts: Sequence[str], min_distinct: float = 0.3) -> float:
+    """Share of outputs that are degenerate: empty, looping (at least 8 words, fewer than `min_distinct` of them
+    distinct, or a run of one or two characters), or the same text as more than half of all outputs."""
+    if not texts:
+        return 0.0
+    counts: dict[str, int] = {}
+    for text in texts:
+        counts[text.strip()] = counts.get(text.strip(), 0) + 1
+
+    def degenerate(text: str) -> bool:
+        text = text.strip()
+        words = text.split()
+        looping = len(words) >= 8 and len(set(words)) < min_distinct * len(words)
+        one_char = len(text) >= 8 and len(set(text)) <= 2
+        collapsed = len(texts) >= 4 and counts[text] > len(texts) / 2
+        return not text or looping or one_char or collapsed
+
+    return sum(degenerate(text) for text in texts) / len(texts)
+
+
 def _same_length(predictions: Sequence[str], references: Sequence[str]) -> None:
     if len(predictions) != len(references):
         raise ValueError(

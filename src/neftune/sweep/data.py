@@ -24,14 +24,18 @@ ALPACA_PROMPT_WITH_INPUT = (
 Pair = tuple[str, str]
 
 
-def _pair(record: dict[str, Any], tokenizer: Any) -> Pair:
+# How instruction records become prompts: the paper's Alpaca template, or the tokenizer's chat template (for chat
+# models); "auto" picks chat when the tokenizer has a template. Messages records always use the chat template.
+PROMPT_FORMATS = ("auto", "alpaca", "chat")
+
+
+def _pair(record: dict[str, Any], tokenizer: Any, prompt_format: str = "alpaca") -> Pair:
     """One record of any supported format as (prompt text, completion text)."""
     if "messages" in record:
         messages = record["messages"]
         if not messages or messages[-1].get("role") != "assistant":
             raise NEFTuneError("a messages record must end with an assistant message (the completion)")
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        return prompt, messages[-1]["content"]
+        return _chat_prompt(tokenizer, messages[:-1]), messages[-1]["content"]
     instruction = record.get("instruction")
     completion = record.get("output", record.get("response"))
     if instruction is None or completion is None:
@@ -40,8 +44,32 @@ def _pair(record: dict[str, Any], tokenizer: Any) -> Pair:
             "Dolly (instruction, context, response) or messages (a list of role/content ending with the assistant)"
         )
     extra = record.get("input") or record.get("context") or ""
+    if prompt_format == "chat":
+        content = f"{instruction}\n\n{extra}" if extra else str(instruction)
+        return _chat_prompt(tokenizer, [{"role": "user", "content": content}]), str(completion)
     template = ALPACA_PROMPT_WITH_INPUT if extra else ALPACA_PROMPT
     return template.format(instruction=instruction, input=extra), str(completion)
+
+
+def _chat_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+    prompt = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    bos = getattr(tokenizer, "bos_token", None)
+    # The trainer's tokenizer adds BOS itself; a template that writes it too (Gemma's) would double it.
+    return prompt[len(bos) :] if bos and prompt.startswith(bos) else prompt
+
+
+def resolve_prompt_format(requested: str, tokenizer: Any) -> str:
+    """ "alpaca" or "chat" for `requested` ("auto", "alpaca" or "chat") and this tokenizer."""
+    if requested not in PROMPT_FORMATS:
+        raise NEFTuneError(f"prompt_format must be one of {PROMPT_FORMATS}, got {requested!r}")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if requested == "chat" and not has_template:
+        raise NEFTuneError(
+            "prompt_format 'chat' needs a tokenizer with a chat template; this one has none: use alpaca"
+        )
+    if requested == "auto":
+        return "chat" if has_template else "alpaca"
+    return requested
 
 
 def _records(dataset: str) -> list[dict[str, Any]]:
@@ -51,19 +79,37 @@ def _records(dataset: str) -> list[dict[str, Any]]:
             raise NEFTuneError(f"dataset file {dataset!r} does not exist")
         text = path.read_text()
         if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        loaded = json.loads(text)
-        return list(loaded) if isinstance(loaded, list) else list(loaded["data"])
+            return [_json(line, dataset, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        loaded = _json(text, dataset, None)
+        if isinstance(loaded, dict) and isinstance(loaded.get("data"), list):
+            loaded = loaded["data"]
+        if not isinstance(loaded, list):
+            raise NEFTuneError(
+                f"{dataset!r} holds no list of records: expected a JSON list, or an object with a 'data' list"
+            )
+        return list(loaded)
     from datasets import load_dataset
 
     return [dict(row) for row in load_dataset(dataset, split="train")]
 
 
-def load_pairs(dataset: str | None, tokenizer: Any) -> list[Pair]:
-    """All (prompt, completion) pairs of `dataset` (a hub id or a local file), or of the embedded default."""
-    if dataset is None:
-        return embedded_pairs()
-    return [_pair(record, tokenizer) for record in _records(dataset)]
+def _json(text: str, dataset: str, line: int | None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {line}" if line is not None else f"line {error.lineno}"
+        raise NEFTuneError(
+            f"{dataset!r} is not valid JSON at {where}: {error.msg}; fix or remove that record"
+        ) from None
+
+
+def load_pairs(dataset: str | None, tokenizer: Any, prompt_format: str = "alpaca") -> list[Pair]:
+    """All (prompt, completion) pairs of `dataset` (a hub id or a local file), or of the embedded default, with
+    instruction records rendered in `prompt_format` ("alpaca" or "chat")."""
+    records = embedded_records() if dataset is None else _records(dataset)
+    if not records:
+        raise NEFTuneError(f"dataset {dataset!r} has no records")
+    return [_pair(record, tokenizer, prompt_format) for record in records]
 
 
 def split_pairs(pairs: list[Pair], heldout: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
@@ -80,10 +126,10 @@ _ADJECTIVES = ["quiet", "bright", "ancient", "small", "busy", "cold", "gentle", 
 _VERBS = ["watches", "remembers", "carries", "follows", "paints", "finds", "builds", "hears", "opens", "keeps"]
 
 
-def embedded_pairs(count: int = 400, seed: int = 0) -> list[Pair]:
+def embedded_records(count: int = 400, seed: int = 0) -> list[dict[str, str]]:
     """Templated instruction data made in code: descriptions and small stories of varied length."""
     rng = random.Random(seed)
-    pairs = []
+    records = []
     for _ in range(count):
         subject, adjective, verb = rng.choice(_SUBJECTS), rng.choice(_ADJECTIVES), rng.choice(_VERBS)
         other = rng.choice(_SUBJECTS)
@@ -101,5 +147,10 @@ def embedded_pairs(count: int = 400, seed: int = 0) -> list[Pair]:
                 f"Then it {rng.choice(_VERBS)} a {rng.choice(_ADJECTIVES)} {rng.choice(_SUBJECTS)}."
                 for _ in range(rng.randint(1, 3))
             )
-        pairs.append((ALPACA_PROMPT.format(instruction=instruction), body))
-    return pairs
+        records.append({"instruction": instruction, "output": body})
+    return records
+
+
+def embedded_pairs(count: int = 400, seed: int = 0) -> list[Pair]:
+    """The embedded records in the Alpaca format."""
+    return [(ALPACA_PROMPT.format(instruction=r["instruction"]), r["output"]) for r in embedded_records(count, seed)]

@@ -2,23 +2,62 @@
 
 from __future__ import annotations
 
-import copy
+import atexit
+import gc
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from ..errors import NEFTuneError
 
 
-def tokenizer_and_pairs(model: str | None, dataset: str | None) -> tuple[Any, list[tuple[str, str]]]:
-    """The tokenizer and the (prompt, completion) pairs of a run; the embedded tiny model gets a tokenizer
-    trained on the run's own text."""
-    from .data import load_pairs
+class RunData(NamedTuple):
+    tokenizer: Any
+    pairs: list[tuple[str, str]]
+    prompt_format: str  # "alpaca" or "chat", as resolved for this tokenizer
+
+
+def load_run_data(model: str | None, dataset: str | None, prompt_format: str = "auto") -> RunData:
+    """The tokenizer and the (prompt, completion) pairs of a run; the embedded tiny model (a base model: Alpaca
+    under "auto") gets a tokenizer trained on the run's own text."""
+    from .data import load_pairs, resolve_prompt_format
 
     if model is None:
         from ..toy import tiny_tokenizer
 
-        pairs = load_pairs(dataset, tiny_tokenizer())  # the default tokenizer only renders chat templates here
-        return load_tokenizer(None, [prompt + completion for prompt, completion in pairs]), pairs
+        renderer = tiny_tokenizer()  # renders chat templates here; the run's tokenizer is trained on the result
+        chosen = "alpaca" if prompt_format == "auto" else resolve_prompt_format(prompt_format, renderer)
+        pairs = load_pairs(dataset, renderer, chosen)
+        return RunData(load_tokenizer(None, [prompt + completion for prompt, completion in pairs]), pairs, chosen)
+    check_model_location(model)
     tokenizer = load_tokenizer(model, [])
-    return tokenizer, load_pairs(dataset, tokenizer)
+    chosen = resolve_prompt_format(prompt_format, tokenizer)
+    return RunData(tokenizer, load_pairs(dataset, tokenizer, chosen), chosen)
+
+
+def tokenizer_and_pairs(model: str | None, dataset: str | None) -> tuple[Any, list[tuple[str, str]]]:
+    """`load_run_data` with the Alpaca template, as (tokenizer, pairs)."""
+    data = load_run_data(model, dataset, "alpaca")
+    return data.tokenizer, data.pairs
+
+
+def check_model_location(model: str) -> None:
+    """A model given as a path must exist (a hub id has at most one '/'); say so before transformers' repo-id error."""
+    path = Path(model).expanduser()
+    looks_local = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or path.suffix == ".gguf"
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists():
+            raise NEFTuneError(
+                f"model directory {model!r} has no config.json; pass a directory written by save_pretrained, a "
+                ".gguf file, or a hub id such as Qwen/Qwen2.5-0.5B"
+            )
+        return
+    if looks_local:
+        raise NEFTuneError(
+            f"model {model!r} does not exist; pass an existing directory (with config.json), a .gguf file, a hub id "
+            "such as Qwen/Qwen2.5-0.5B, or toy for the built-in tiny model"
+        )
 
 
 def load_tokenizer(model: str | None, corpus: list[str]) -> Any:
@@ -37,7 +76,8 @@ def load_tokenizer(model: str | None, corpus: list[str]) -> Any:
     return tokenizer
 
 
-_GGUF_CACHE: dict[str, Any] = {}
+# GGUF file -> directory holding its dequantised weights as a plain checkpoint, written once per process.
+_GGUF_PLAIN: dict[str, str] = {}
 TOY_EMBEDDING_STD = 0.3
 
 
@@ -59,15 +99,16 @@ def load_model(model: str | None, tokenizer: Any, seed: int) -> Any:
     directory, gguf = _location(model)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if gguf:
-        return copy.deepcopy(_dequantized(directory, gguf, dtype))
+        # Each cell loads the plain copy from disk: one model in memory, not a cached one plus a deep copy.
+        return AutoModelForCausalLM.from_pretrained(_dequantized(directory, gguf, dtype), dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
 
 
-def _dequantized(directory: str, gguf: str, dtype: Any) -> Any:
-    """A GGUF checkpoint as a plain trainable model (transformers refuses to train a GGUF-quantised one),
-    loaded once per process: every cell gets a deep copy."""
+def _dequantized(directory: str, gguf: str, dtype: Any) -> str:
+    """A GGUF checkpoint as a plain trainable checkpoint (transformers refuses to train a GGUF-quantised model),
+    dequantised once per process into a temporary directory, which is removed at exit."""
     key = f"{directory}/{gguf}"
-    if key not in _GGUF_CACHE:
+    if key not in _GGUF_PLAIN:
         from transformers import AutoModelForCausalLM
 
         loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=dtype)
@@ -76,8 +117,14 @@ def _dequantized(directory: str, gguf: str, dtype: Any) -> Any:
             del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
         plain.load_state_dict(loaded.state_dict())
-        _GGUF_CACHE[key] = plain
-    return _GGUF_CACHE[key]
+        del loaded
+        scratch = tempfile.mkdtemp(prefix="neftune-gguf-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        plain.save_pretrained(scratch)
+        del plain
+        gc.collect()
+        _GGUF_PLAIN[key] = scratch
+    return _GGUF_PLAIN[key]
 
 
 def _location(model: str) -> tuple[str, str | None]:
