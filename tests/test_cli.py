@@ -56,7 +56,7 @@ def _must_not_train(monkeypatch: pytest.MonkeyPatch) -> None:
         (["sft", "--model", "/nonexistent/dir", "--output_dir", "o"], "model '/nonexistent/dir' does not exist"),
         (["sft", "--model", "toy", "--neftune_noise_alpha", "-1"], "neftune_noise_alpha must be >= 0"),
         (["sft", "--model", "toy", "--neftune_clean_loss_steps", "0"], "neftune_clean_loss_steps must be >= 1"),
-        (["frobnicate"], "invalid choice: 'frobnicate' (choose from 'demo', 'sweep', 'sft')"),
+        (["frobnicate"], "invalid choice: 'frobnicate' (choose from 'demo', 'sweep', 'run', 'sft')"),
     ],
 )
 def test_every_cli_error_is_one_line_with_the_fix(

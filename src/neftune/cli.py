@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=version_text())
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (before the command)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,sweep,sft}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,sweep,run,sft}")
     demo = commands.add_parser("demo", help="fine-tune a tiny model for a few steps with NEFTune (no downloads)")
     demo.add_argument("--alpha", type=float, default=5.0, help="noise magnitude (default: %(default)s)")
     add_noise_arguments(demo)
