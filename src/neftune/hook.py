@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from .errors import NEFTuneError
+from .kernels import draw_seed, fused_noise_add, use_triton
 from .layout import scalar_magnitude, token_magnitudes
-from .noise import draw_unit_noise
+from .noise import UNIT_VARIANCE, draw_unit_noise
 from .state import EVAL_MODE, NO_GRAD, NOISED, SCHEDULED_OFF, SUSPENDED, NoiseState
 
 
@@ -109,6 +110,10 @@ class NoiseHook:
 
     def _padded(self, output: torch.Tensor, batched: torch.Tensor) -> torch.Tensor:
         state = self.state
+        kernel = state.config.kernel
+        # "auto" keeps uniform padded noise on the torch path: bit-exact with transformers' hook is its promise.
+        if use_triton(kernel, output) and not (kernel == "auto" and state.config.noise == "uniform"):
+            return self._fused(output, batched, None)
         magnitude = scalar_magnitude(state.config.alpha, batched.size(1) * batched.size(2))
         generator = state.generator_for(output.device)
         if state.config.noise == "uniform":
@@ -132,6 +137,8 @@ class NoiseHook:
         magnitudes = token_magnitudes(layout, alpha, batch, seq_len, hidden, output.device, text_positions)
         if magnitudes is None and not layout.is_empty:
             self._warn_unmatched(layout, batched)
+        if use_triton(state.config.kernel, output):
+            return self._fused(output, batched, magnitudes)
         # The noise buffer becomes the result: one allocation, the size of the output. (A fused addcmul would save
         # a pass but rounds differently on CPU, breaking bit-equality with the paper's code.)
         noise = draw_unit_noise(output, state.config.noise, state.generator_for(output.device))
@@ -144,6 +151,21 @@ class NoiseHook:
             state.stats.add_unit(noise.view(batch, seq_len, hidden), scale, batched, real)
         shaped = scale if scale.dim() == 0 else scale.view(*output.shape[:-1], 1)
         return noise.mul_(shaped.to(noise.dtype)).add_(output)
+
+    def _fused(self, output: torch.Tensor, batched: torch.Tensor, magnitudes: torch.Tensor | None) -> torch.Tensor:
+        """Draw, scale and add in one Triton kernel (`magnitudes` None: the scalar magnitude of the full rows)."""
+        state = self.state
+        _, seq_len, hidden = batched.shape
+        if magnitudes is None:
+            full = scalar_magnitude(state.config.alpha, seq_len * hidden)
+            scale = self._scaled(torch.full((), full, dtype=torch.float32, device=output.device))
+        else:
+            scale = self._scaled(magnitudes)
+        if state.stats is not None:  # no noise tensor exists: its expected square, from the scale
+            real = None if magnitudes is None else (magnitudes > 0).to(torch.float32)
+            state.stats.add_expected(scale, UNIT_VARIANCE[state.config.noise], batched, real)
+        seed = draw_seed(output.device, state.generator_for(output.device))
+        return fused_noise_add(batched, scale, state.config.noise, seed).view(output.shape)
 
     def _scaled(self, magnitude: torch.Tensor) -> torch.Tensor:
         """A float32 magnitude times the schedule's factor and the module's own embedding scale, if any."""
