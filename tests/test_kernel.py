@@ -392,3 +392,35 @@ def test_seed_is_drawn_from_the_given_generator() -> None:
     assert first.dtype == torch.int64 and first.shape == (1,)
     assert torch.equal(first, draw_seed(torch.device("cpu"), torch.Generator().manual_seed(1)))
     assert not torch.equal(first, draw_seed(torch.device("cpu"), torch.Generator().manual_seed(2)))
+
+
+def test_cli_and_sft_config_carry_the_kernel() -> None:
+    from neftune.cli import build_parser, config_from_arguments
+
+    assert config_from_arguments(build_parser().parse_args(["demo", "--kernel", "torch"])).kernel == "torch"
+    assert config_from_arguments(build_parser().parse_args(["demo"])).kernel == "auto"
+    pytest.importorskip("trl")
+    from types import SimpleNamespace
+
+    from neftune.trl import neftune_config_from_args
+
+    assert neftune_config_from_args(SimpleNamespace(neftune_kernel="triton")).kernel == "triton"
+    with pytest.raises(NEFTuneError, match="neftune_kernel must be one of"):
+        neftune_config_from_args(SimpleNamespace(neftune_kernel="gpu"))
+
+
+def test_cpu_training_with_auto_never_imports_triton() -> None:
+    import subprocess
+
+    code = (
+        "import sys, torch; sys.path.insert(0, 'tests'); from helpers import EmbeddingOnlyModel;"
+        "from neftune import apply_neftune; m = EmbeddingOnlyModel(); apply_neftune(m, 5.0); m.train();"
+        "m(torch.zeros(2, 4, dtype=torch.long)); print('triton' in sys.modules)"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.path.join(root, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from .errors import NEFTuneError
-from .kernels import KERNELS, KernelKind
+from .kernels import KERNELS, KernelKind, triton_available
 from .noise import NOISE_KINDS, NoiseKind
 from .schedule import SCHEDULES, ScheduleKind
 
@@ -71,8 +71,8 @@ class NEFTuneConfig:
             `scaling="padded"`) to transformers' hook. `"triton"`: neftune's fused Triton kernel, one pass over
             the embeddings (`pip install "neftune[triton]"`; CUDA, or CPU under `TRITON_INTERPRET=1`); the same
             distribution and magnitudes, other random bits. `"auto"`: the kernel for CUDA embeddings when Triton
-            imports, except `scaling="padded"` with uniform noise, which stays bit-exact with transformers;
-            the torch path otherwise.
+            imports, in eager mode (under `torch.compile`, inductor fuses the torch ops itself), except
+            `scaling="padded"` with uniform noise, which stays bit-exact with transformers; the torch path otherwise.
 
     Example:
         ```python
@@ -97,6 +97,8 @@ class NEFTuneConfig:
         _check_choice("noise", self.noise, NOISE_KINDS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("kernel", self.kernel, KERNELS)
+        if self.kernel == "triton":
+            triton_available()  # import it now: a first import inside a torch.compile trace would fail
         warmup = self.schedule_warmup
         if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real) or not 0.0 <= float(warmup) < 1.0:
             raise NEFTuneError(

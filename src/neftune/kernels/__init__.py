@@ -36,13 +36,12 @@ def _load() -> Any:
     return _triton_module
 
 
-@torch.compiler.assume_constant_result  # one answer per process; torch.compile must not trace the import
 def triton_available() -> bool:
-    """Whether Triton imports here (tried once per process)."""
+    """Whether Triton imports here (tried once per process; `NEFTuneConfig(kernel="triton")` tries it up front, so
+    torch.compile never traces the import)."""
     return _load() is not None
 
 
-@torch.compiler.assume_constant_result
 def _interpreted() -> bool:
     """Whether the kernel was compiled for Triton's CPU interpreter (TRITON_INTERPRET=1 when it was imported)."""
     return bool(_load().INTERPRETED)
@@ -51,15 +50,17 @@ def _interpreted() -> bool:
 def use_triton(kernel: str, output: torch.Tensor) -> bool:
     """Whether the hook should call `fused_noise_add` on the embeddings `output`, given `NEFTuneConfig.kernel`.
 
-    `"auto"`: for plain CUDA tensors when Triton imports (a tensor subclass such as a DTensor keeps the torch
-    path). `"torch"`: never. `"triton"`: always, or a `NEFTuneError` saying what is missing (Triton, a CUDA
-    device, or `TRITON_INTERPRET=1` for CPU tensors).
+    `"auto"`: for plain CUDA tensors when Triton imports, in eager mode. A tensor subclass such as a DTensor keeps
+    the torch path, and so does code under `torch.compile`, whose inductor fuses those ops into one kernel itself.
+    `"torch"`: never. `"triton"`: always, or a `NEFTuneError` saying what is missing (Triton, a CUDA device, or
+    `TRITON_INTERPRET=1` for CPU tensors).
     """
     if kernel == "torch":
         return False
     plain = type(output) is torch.Tensor
     if kernel == "auto":
-        return plain and output.device.type == "cuda" and bool(triton_available())
+        cuda = plain and output.device.type == "cuda"
+        return cuda and not torch.compiler.is_compiling() and bool(triton_available())
     if not plain:
         raise NEFTuneError(
             f'NEFTune kernel="triton" got embeddings of type {type(output).__name__}; the kernel takes plain '
@@ -129,7 +130,6 @@ def fused_noise_add(output: torch.Tensor, scale: torch.Tensor, kind: str, seed: 
             f"of shape {tuple(seed.shape)} on {seed.device}."
         )
     scale = scale.to(output.device).contiguous()
-    from .triton_noise import FusedNoiseAdd  # imported by triton_available() above
-
-    result: torch.Tensor = FusedNoiseAdd.apply(output.contiguous(), scale, kind, seed)
+    # the module global, not an import statement: torch.compile traces this function
+    result: torch.Tensor = _triton_module.FusedNoiseAdd.apply(output.contiguous(), scale, kind, seed)
     return result
