@@ -424,3 +424,12 @@ def test_cpu_training_with_auto_never_imports_triton() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_auto_keeps_the_torch_path_for_dtypes_the_kernel_does_not_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    cuda_like = torch.zeros(1, 2, 4, dtype=torch.float64, device="meta")
+    # pretend every tensor is on CUDA (this machine may have none): only the dtype decides here
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")))
+    assert not use_triton("auto", cuda_like)
+    assert use_triton("auto", cuda_like.to(torch.bfloat16))

@@ -17,6 +17,7 @@ from ..noise import NOISE_KINDS
 
 KernelKind = Literal["auto", "torch", "triton"]
 KERNELS: tuple[str, ...] = get_args(KernelKind)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the kernel takes
 SEED_HIGH = 2**62  # seeds are drawn from [0, 2**62): no two steps of a run share one in practice
 
 _triton_module: Any = None  # neftune.kernels.triton_noise once imported
@@ -50,8 +51,9 @@ def _interpreted() -> bool:
 def use_triton(kernel: str, output: torch.Tensor) -> bool:
     """Whether the hook should call `fused_noise_add` on the embeddings `output`, given `NEFTuneConfig.kernel`.
 
-    `"auto"`: for plain CUDA tensors when Triton imports, in eager mode. A tensor subclass such as a DTensor keeps
-    the torch path, and so does code under `torch.compile`, whose inductor fuses those ops into one kernel itself.
+    `"auto"`: for plain float32/bfloat16/float16 CUDA tensors when Triton imports, in eager mode. A tensor subclass
+    such as a DTensor keeps the torch path, and so does code under `torch.compile`, whose inductor fuses those ops
+    into one kernel itself.
     `"torch"`: never. `"triton"`: always, or a `NEFTuneError` saying what is missing (Triton, a CUDA device, or
     `TRITON_INTERPRET=1` for CPU tensors).
     """
@@ -59,7 +61,7 @@ def use_triton(kernel: str, output: torch.Tensor) -> bool:
         return False
     plain = type(output) is torch.Tensor
     if kernel == "auto":
-        cuda = plain and output.device.type == "cuda"
+        cuda = plain and output.device.type == "cuda" and output.dtype in DTYPES
         return cuda and not torch.compiler.is_compiling() and bool(triton_available())
     if not plain:
         raise NEFTuneError(
@@ -115,7 +117,7 @@ def fused_noise_add(output: torch.Tensor, scale: torch.Tensor, kind: str, seed: 
         raise NEFTuneError(
             f'neftune\'s fused kernel needs Triton ({_triton_error}); run: pip install "neftune[triton]".'
         )
-    if output.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if output.dtype not in DTYPES:
         raise NEFTuneError(f"fused_noise_add supports float32, bfloat16 and float16 embeddings, got {output.dtype}.")
     if scale.dtype != torch.float32 or (scale.dim() != 0 and tuple(scale.shape) != tuple(output.shape[:-1])):
         raise NEFTuneError(
