@@ -433,3 +433,42 @@ def test_auto_keeps_the_torch_path_for_dtypes_the_kernel_does_not_take(monkeypat
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")))
     assert not use_triton("auto", cuda_like)
     assert use_triton("auto", cuda_like.to(torch.bfloat16))
+
+
+COMPILE_FOR_HOPPER = """
+import itertools, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from neftune.kernels.triton_noise import NUM_WARPS, noise_add_kernel
+compiled = []
+for dtype, per_token, kind in [("bf16", True, 0), ("fp16", False, 2), ("fp32", True, 1)]:
+    signature = {"x_ptr": "*" + dtype, "out_ptr": "*" + dtype, "scale_ptr": "*fp32", "seed_ptr": "*i64",
+                 "n_rows": "i32", "hidden": "i32", "quarter": "i32", "PER_TOKEN": "constexpr",
+                 "KIND": "constexpr", "BLOCK_ROWS": "constexpr", "BLOCK_Q": "constexpr"}
+    constants = {"PER_TOKEN": per_token, "KIND": kind, "BLOCK_ROWS": 2, "BLOCK_Q": 512}
+    kernel = triton.compile(ASTSource(noise_add_kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": NUM_WARPS})
+    compiled.append(len(kernel.asm["cubin"]))
+print(json.dumps(compiled))
+"""
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_hopper_without_a_gpu() -> None:
+    # The interpreter skips the compiler's checks (e.g. only constexpr globals in a kernel): compile the real
+    # thing for sm_90 (H100/H200) on the CPU, down to a cubin, with Triton's bundled LLVM and ptxas.
+    import json
+    import subprocess
+
+    pytest.importorskip("triton.backends.nvidia", reason="triton without its CUDA backend")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.path.join(root, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_HOPPER], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(sizes) == 3 and all(size > 10_000 for size in sizes)
