@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neftune-installed
 
-.PHONY: setup demo test test-slow lint support-matrix bench
+.PHONY: setup demo test test-slow lint support-matrix bench gpu-test gpu-bench
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -34,3 +34,11 @@ support-matrix: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,bench]"
 	$(PY) benchmarks/overhead.py
+
+# On a CUDA machine (PyPI's torch 2.13.0 wheel for Linux is the CUDA build; triton comes with it and with [dev]).
+gpu-test: $(STAMP)
+	$(PY) -m pytest -m gpu -v -rs
+
+gpu-bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,bench]"
+	$(PY) benchmarks/overhead.py --device cuda

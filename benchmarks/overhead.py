@@ -1,13 +1,16 @@
 """Is the lunch free? Training-step and hook-alone overhead of NEFTune, side by side with transformers' hook.
 
-    python benchmarks/overhead.py            # full sweep (CPU: tiny, ~40M and ~350M Llama), ~10 min on 2 cores
-    python benchmarks/overhead.py --quick    # a smoke run
+    python benchmarks/overhead.py                 # CPU sweep (tiny, ~40M and ~350M Llama, fp32), ~10 min on 2 cores
+    python benchmarks/overhead.py --device cuda   # GPU (`make gpu-bench`): a 1.1B Llama in bf16, a few minutes
+    python benchmarks/overhead.py --quick         # a smoke run (add --device cuda on a GPU)
 
-Providers, interleaved in one process so machine drift cancels: `none` (no noise), `neftune_per_sequence`,
-`neftune_padded`, `transformers` (`neftune_post_forward_hook`). Every (condition, provider) gets warm-up steps,
-then `--repeats` timed steps; p20/p50/p80 are reported. Results are appended to benchmarks/results/overhead.csv
-(machine, date, versions, conditions), plotted to benchmarks/results/overhead.png, and the README table between
-the `overhead-table` markers is regenerated from the newest run.
+Providers, interleaved in one process so machine drift cancels: `none` (no noise), `neftune_per_sequence` and
+`neftune_padded` (the torch path, `kernel="torch"`), on CUDA `neftune_triton` (per_sequence with the fused Triton
+kernel), and `transformers` (`neftune_post_forward_hook`). Every (condition, provider) gets warm-up steps, then
+`--repeats` timed steps (CUDA: timed with events, synchronised); p20/p50/p80 are reported. Results are appended
+to benchmarks/results/overhead.csv (machine or GPU name, date, versions, conditions), plotted to
+benchmarks/results/overhead[_cuda].png, and the README table between the `overhead-table` (CPU) or
+`overhead-gpu-table` (CUDA) markers is regenerated from the newest run.
 """
 
 from __future__ import annotations
@@ -32,7 +35,19 @@ from neftune import NEFTuneConfig, apply_neftune
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PROVIDERS = ["none", "neftune_per_sequence", "neftune_padded", "transformers"]
+CUDA_PROVIDERS = ["none", "neftune_per_sequence", "neftune_padded", "neftune_triton", "transformers"]
+LABELS = {
+    "none": "no noise",
+    "neftune_per_sequence": "neftune per_sequence (torch)",
+    "neftune_padded": "neftune padded (torch)",
+    "neftune_triton": "neftune per_sequence (triton)",
+    "transformers": "transformers' hook",
+}
 ALPHA = 5.0
+
+
+def providers_for(device: str) -> list[str]:
+    return CUDA_PROVIDERS if device == "cuda" else PROVIDERS
 
 
 @contextlib.contextmanager
@@ -53,7 +68,8 @@ def provider(name: str, model: nn.Module, embedding: nn.Module) -> Iterator[None
             del embedding.neftune_noise_alpha
         return
     scaling = "padded" if name == "neftune_padded" else "per_sequence"
-    with apply_neftune(model, NEFTuneConfig(alpha=ALPHA, scaling=scaling), module=embedding):
+    kernel = "triton" if name == "neftune_triton" else "torch"  # explicit: "auto" would pick triton on CUDA
+    with apply_neftune(model, NEFTuneConfig(alpha=ALPHA, scaling=scaling, kernel=kernel), module=embedding):
         yield
 
 
@@ -62,18 +78,40 @@ def quantiles(samples: list[float]) -> tuple[float, float, float]:
     return cuts[1], statistics.median(samples), cuts[7]
 
 
+def seconds(fn: Callable[[], object], device: str, inner: int = 1) -> float:
+    """Wall time of `fn` (mean of `inner` calls). CUDA: between events, with the queue drained before and after."""
+    if device != "cuda":
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - start) / inner
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(inner):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return begin.elapsed_time(end) / 1e3 / inner
+
+
 def interleaved(
-    step: Callable[[], None], model: nn.Module, embedding: nn.Module, warmup: int, repeats: int
+    step: Callable[[], None],
+    model: nn.Module,
+    embedding: nn.Module,
+    warmup: int,
+    repeats: int,
+    device: str = "cpu",
+    inner: int = 1,
 ) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in PROVIDERS}
-    order = list(PROVIDERS)
+    names = providers_for(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    order = list(names)
     for round_index in range(warmup + repeats):
         random.Random(round_index).shuffle(order)
         for name in order:
             with provider(name, model, embedding):
-                start = time.perf_counter()
-                step()
-                elapsed = time.perf_counter() - start
+                elapsed = seconds(step, device, inner)
             if round_index >= warmup:
                 times[name].append(elapsed)
     return times
@@ -84,10 +122,11 @@ SIZES = {
     "tiny": (64, 2, 128, 4, 2),
     "40M": (384, 6, 1024, 6, 2),
     "350M": (1024, 24, 2816, 16, 4),
+    "1.1B": (2048, 16, 8192, 32, 8),  # Llama-3.2-1B's shape (its vocab is 128256): 1.1B parameters here
 }
 
 
-def llama(size: str) -> nn.Module:
+def llama(size: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     hidden, layers, intermediate, heads, kv_heads = SIZES[size]
@@ -101,8 +140,9 @@ def llama(size: str) -> nn.Module:
         max_position_embeddings=4096,
     )
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    model.train()
+    with torch.device(device):  # built in place: a 1.1B model is slow to initialise on the CPU
+        model = AutoModelForCausalLM.from_config(config)
+    model.to(dtype).train()
     return model
 
 
@@ -139,16 +179,25 @@ class Row:
     bytes_per_s: float = float("nan")
 
 
-def full_steps(size: str, layout: str, batch_size: int, seq_len: int, warmup: int, repeats: int) -> list[Row]:
-    model = llama(size)
+def full_steps(
+    size: str,
+    layout: str,
+    batch_size: int,
+    seq_len: int,
+    warmup: int,
+    repeats: int,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[Row]:
+    model = llama(size, device, dtype)
     embedding = model.get_input_embeddings()
-    inputs = batch(layout, batch_size, seq_len)
+    inputs = {key: value.to(device) for key, value in batch(layout, batch_size, seq_len).items()}
 
     def step() -> None:
         model(**inputs).loss.backward()
         model.zero_grad(set_to_none=True)
 
-    times = interleaved(step, model, embedding, warmup, repeats)
+    times = interleaved(step, model, embedding, warmup, repeats, device)
     base = quantiles(times["none"])[1]
     return [
         Row(
@@ -161,12 +210,19 @@ def full_steps(size: str, layout: str, batch_size: int, seq_len: int, warmup: in
             *(1e3 * q for q in quantiles(times[name])),
             quantiles(times[name])[1] / base,
         )
-        for name in PROVIDERS
+        for name in times
     ]
 
 
-def allocated_bytes(fn: Callable[[], object]) -> int:
-    """Bytes allocated (not freed) by the ops `fn` runs, from the profiler's memory events, minus the result."""
+def allocated_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
+    """Bytes `fn` allocates: CPU, the profiler's memory events; CUDA, the allocator's peak above the start."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - before)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -174,35 +230,39 @@ def allocated_bytes(fn: Callable[[], object]) -> int:
     return int(sum(max(event.self_cpu_memory_usage, 0) for event in prof.key_averages()))
 
 
-def hook_alone(batch_size: int, seq_len: int, hidden: int, warmup: int, repeats: int) -> list[Row]:
+def hook_alone(
+    batch_size: int,
+    seq_len: int,
+    hidden: int,
+    warmup: int,
+    repeats: int,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[Row]:
     """The embedding forward with each provider, against the memory-bound floor of one out-of-place add."""
-    embedding = nn.Embedding(32000, hidden)
+    embedding = nn.Embedding(32000, hidden, device=device, dtype=dtype)
     embedding.train()
-    ids = torch.randint(0, 32000, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 32000, (batch_size, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     holder = nn.Module()
     holder.embed = embedding
+    inner = 10 if device == "cuda" else 1  # a GPU forward takes well under a millisecond: average a few
 
     def forward() -> None:
         with torch.no_grad():
             embedding(ids)
 
-    times = interleaved(forward, holder, embedding, warmup, repeats)
+    times = interleaved(forward, holder, embedding, warmup, repeats, device, inner)
     with torch.no_grad():
         output = embedding(ids)
         other = torch.empty_like(output).uniform_()
-    floor = []
-    for _ in range(warmup + repeats):
-        start = time.perf_counter()
-        output + other
-        floor.append(time.perf_counter() - start)
-    floor = floor[warmup:]
+    floor = [seconds(lambda: output + other, device, inner) for _ in range(warmup + repeats)][warmup:]
     lookup = quantiles(times["none"])[1]
     nbytes = output.numel() * output.element_size()
-    lookup_bytes = allocated_bytes(forward)  # the lookup's own output
+    lookup_bytes = allocated_bytes(forward, device)  # the lookup's own output
 
     def row(provider_name: str, seconds: tuple[float, float, float], extra: int, bytes_per_s: float) -> Row:
         p20, p50, p80 = (1e3 * value for value in seconds)
-        model = f"embedding d={hidden}"
+        model = f"embedding d={hidden} {str(dtype).removeprefix('torch.')}"
         return Row(
             "hook_alone",
             model,
@@ -219,28 +279,33 @@ def hook_alone(batch_size: int, seq_len: int, hidden: int, warmup: int, repeats:
         )
 
     rows = []
-    for name in PROVIDERS:
+    for name in times:
         p20, p50, p80 = (q - lookup for q in quantiles(times[name]))
         with provider(name, holder, embedding):
-            extra = allocated_bytes(forward) - lookup_bytes
+            extra = allocated_bytes(forward, device) - lookup_bytes
         rows.append(row(name, (p20, p50, p80), extra, 2 * nbytes / p50 if name != "none" else float("nan")))
     f20, f50, f80 = quantiles(floor)
     rows.append(row("plain_add_floor", (f20, f50, f80), nbytes, 3 * nbytes / f50))
     return rows
 
 
-def environment() -> dict[str, str]:
+def environment(device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, str]:
     import transformers
 
     import neftune
 
+    versions = f"neftune {neftune.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
+    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    if device == "cuda":
+        import triton
+
+        machine = torch.cuda.get_device_name(0)
+        versions += f", triton {triton.__version__}, CUDA {torch.version.cuda}"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-        "device": "cpu",
-        "versions": (
-            f"neftune {neftune.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
-        ),
+        "machine": machine,
+        "device": f"{device} {str(dtype).removeprefix('torch.')}" if device == "cuda" else device,
+        "versions": versions,
     }
 
 
@@ -256,7 +321,7 @@ def write_csv(rows: list[Row], env: dict[str, str]) -> None:
             writer.writerow({**env, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(row).items()}})
 
 
-def plot(rows: list[Row], env: dict[str, str]) -> None:
+def plot(rows: list[Row], env: dict[str, str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,8 +330,9 @@ def plot(rows: list[Row], env: dict[str, str]) -> None:
     steps = [row for row in rows if row.benchmark == "train_step"]
     labels = sorted({f"{r.model} {r.layout}\n{r.batch}x{r.seq_len}" for r in steps}, key=lambda s: s)
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    width = 0.2
-    for index, name in enumerate(PROVIDERS[1:]):
+    noised = [name for name in dict.fromkeys(r.provider for r in steps) if name != "none"]
+    width = 0.8 / len(noised)
+    for index, name in enumerate(noised):
         values = [
             next(
                 r.ratio_to_none
@@ -278,7 +344,7 @@ def plot(rows: list[Row], env: dict[str, str]) -> None:
         left.bar([i + index * width for i in range(len(labels))], values, width, label=name)
     left.axhline(1.0, color="black", linewidth=0.8)
     left.axhline(1.01, color="grey", linestyle="--", linewidth=0.8)
-    left.set_xticks([i + width for i in range(len(labels))], labels, fontsize=7)
+    left.set_xticks([i + width * (len(noised) - 1) / 2 for i in range(len(labels))], labels, fontsize=7)
     left.set_ylabel("training step time / no noise (p50)")
     left.set_ylim(0.9, max(1.1, max(r.ratio_to_none for r in steps) + 0.02))
     left.legend(fontsize=8)
@@ -290,23 +356,24 @@ def plot(rows: list[Row], env: dict[str, str]) -> None:
         yerr=[[r.p50_ms - r.p20_ms for r in alone], [r.p80_ms - r.p50_ms for r in alone]],
     )
     right.set_ylabel("ms (p50, p20-p80 bars)")
-    right.set_title(f"hook alone, {alone[0].batch}x{alone[0].seq_len}x{alone[0].model.split('=')[1]} fp32 output")
+    right.set_title(f"hook alone, {alone[0].batch}x{alone[0].seq_len}x{alone[0].model.split('=')[1]} output")
     right.tick_params(axis="x", labelsize=7, rotation=15)
     figure.suptitle(f"NEFTune overhead on {env['machine']} ({env['date']}; {env['versions']})", fontsize=9)
     figure.tight_layout()
-    figure.savefig(RESULTS / "overhead.png", dpi=110)
+    figure.savefig(path, dpi=110)
 
 
 def markdown(rows: list[Row], env: dict[str, str]) -> str:
+    names = list(dict.fromkeys(r.provider for r in rows if r.benchmark == "train_step"))
+    command = "python benchmarks/overhead.py" + (" --device cuda" if env["device"].startswith("cuda") else "")
     lines = [
-        f"Measured {env['date']} on {env['machine']} ({env['versions']}); `python benchmarks/overhead.py`.",
+        f"Measured {env['date']} on {env['machine']} ({env['device']}; {env['versions']}); `{command}`.",
         "Training step: forward + backward of a Llama config (vocab 32000), p50 over interleaved repeats; ratio =",
         "p50 / p50 without noise. Hook alone: the embedding forward's extra time over the plain lookup, and the",
         "floor of one out-of-place add of the same tensor.",
         "",
-        "| benchmark | model | layout | batch x seq | no noise | neftune per_sequence | neftune padded "
-        "| transformers' hook |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| benchmark | model | layout | batch x seq | " + " | ".join(LABELS[name] for name in names) + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
     ]
     keys = sorted(
         {(r.benchmark, r.model, r.layout, r.batch, r.seq_len) for r in rows if r.benchmark == "train_step"},
@@ -316,7 +383,7 @@ def markdown(rows: list[Row], env: dict[str, str]) -> str:
         cells = {r.provider: r for r in rows if (r.benchmark, r.model, r.layout, r.batch, r.seq_len) == key}
         lines.append(
             f"| train step | {key[1]} | {key[2]} | {key[3]} x {key[4]} | {cells['none'].p50_ms:.1f} ms "
-            + " ".join(f"| {cells[name].p50_ms:.1f} ms (x{cells[name].ratio_to_none:.3f})" for name in PROVIDERS[1:])
+            + " ".join(f"| {cells[name].p50_ms:.1f} ms (x{cells[name].ratio_to_none:.3f})" for name in names[1:])
             + " |"
         )
     alone = {r.provider: r for r in rows if r.benchmark == "hook_alone"}
@@ -325,17 +392,41 @@ def markdown(rows: list[Row], env: dict[str, str]) -> str:
         mib = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
         lines.append(
             f"| hook alone | {any_row.model} | dense | {any_row.batch} x {any_row.seq_len} | floor (add) "
-            f"{alone['plain_add_floor'].p50_ms:.1f} ms "
-            + " ".join(f"| +{alone[name].p50_ms:.1f} ms, {mib(alone[name].extra_bytes)}" for name in PROVIDERS[1:])
+            f"{alone['plain_add_floor'].p50_ms:.2f} ms "
+            + " ".join(f"| +{alone[name].p50_ms:.2f} ms, {mib(alone[name].extra_bytes)}" for name in names[1:])
             + " |"
         )
+    if env["device"].startswith("cuda"):
+        lines += ["", *goals(rows)]
     return "\n".join(lines)
 
 
-def update_readme(table: str) -> None:
+def goals(rows: list[Row]) -> list[str]:
+    """The issue's targets, read off this run: step within 0.5% of no noise; with the kernel, the hook alone
+    within 1.5x the plain add and at least 2x faster than transformers' hook."""
+    steps = [r for r in rows if r.benchmark == "train_step" and r.provider != "none"]
+    alone = {r.provider: r for r in rows if r.benchmark == "hook_alone"}
+    lines = [
+        "Goals: "
+        + "; ".join(
+            f"{name} step x{max(r.ratio_to_none for r in steps if r.provider == name):.4f} (worst layout)"
+            for name in dict.fromkeys(r.provider for r in steps)
+        )
+        + " (goal <= x1.005)."
+    ]
+    if "neftune_triton" in alone:
+        kernel = alone["neftune_triton"].p50_ms
+        lines.append(
+            f"Hook alone with the kernel: {kernel / alone['plain_add_floor'].p50_ms:.2f}x the plain add (goal <= "
+            f"1.5x), {alone['transformers'].p50_ms / kernel:.2f}x faster than transformers' hook (goal >= 2x)."
+        )
+    return lines
+
+
+def update_readme(table: str, marker: str = "overhead-table") -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    start, end = "<!-- overhead-table:start -->", "<!-- overhead-table:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
@@ -346,37 +437,58 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model and few repeats (a smoke run)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: a 1.1B Llama in bf16 (8 x 2048, padded and packed), the hook alone at 8 x 4096 x 4096 bf16, "
+        "and neftune's Triton kernel as a fifth provider (needs triton)",
+    )
     args = parser.parse_args()
-    warmup = 1 if args.quick else 2
-    repeats = args.repeats or (3 if args.quick else 10)
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+    cuda = device == "cuda"
+    warmup = 1 if args.quick else (3 if cuda else 2)
+    repeats = args.repeats or (3 if args.quick else (20 if cuda else 10))
+    dtype = torch.bfloat16 if cuda else torch.float32
     plan = [("tiny", "padded", 8, 256), ("tiny", "packed", 8, 256)]
-    if not args.quick:
+    if cuda and not args.quick:
+        plan = [("1.1B", "padded", 8, 2048), ("1.1B", "packed", 8, 2048)]
+    elif not args.quick:
         plan += [
             ("40M", "padded", 4, 256),
             ("40M", "packed", 4, 256),
             ("350M", "padded", 2, 256),
             ("350M", "packed", 2, 256),
         ]
-    env = environment()
+    alone_shape = (8, 4096, 4096) if cuda else (8, 1024, 2048)
+    if args.quick:
+        alone_shape = (8, 128, 256)
+    env = environment(device, dtype)
     rows: list[Row] = []
     for size, layout, batch_size, seq_len in plan:
-        rows += full_steps(size, layout, batch_size, seq_len, warmup, repeats)
+        rows += full_steps(size, layout, batch_size, seq_len, warmup, repeats, device, dtype)
         print(
             f"{size} {layout} {batch_size}x{seq_len}: "
-            + ", ".join(f"{r.provider} x{r.ratio_to_none:.3f}" for r in rows[-4:])
+            + ", ".join(f"{r.provider} x{r.ratio_to_none:.4f}" for r in rows[-len(providers_for(device)) :]),
+            flush=True,
         )
-    rows += hook_alone(8, 1024 if not args.quick else 128, 2048 if not args.quick else 256, warmup, repeats)
-    for row in rows[-5:]:
-        print(f"hook alone {row.provider}: {row.p50_ms:.1f} ms, {row.extra_bytes / 2**20:.0f} MiB allocated")
+        if cuda:
+            torch.cuda.empty_cache()
+    rows += hook_alone(*alone_shape, warmup, repeats, device, dtype)
+    for row in rows[-len(providers_for(device)) - 1 :]:
+        print(f"hook alone {row.provider}: {row.p50_ms:.3f} ms, {row.extra_bytes / 2**20:.0f} MiB allocated")
     if args.quick:  # a smoke run: nothing is recorded
         print(markdown(rows, env))
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_csv(rows, env)
-    plot(rows, env)
+    suffix = "_cuda" if cuda else ""
+    plot(rows, env, RESULTS / f"overhead{suffix}.png")
     table = markdown(rows, env)
-    (RESULTS / "overhead.md").write_text(table + "\n")
-    update_readme(table)
+    (RESULTS / f"overhead{suffix}.md").write_text(table + "\n")
+    update_readme(table, "overhead-gpu-table" if cuda else "overhead-table")
     print(table)
 
 

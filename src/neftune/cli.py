@@ -19,6 +19,7 @@ from .cli_support import (
     version_text,
 )
 from .config import SCALINGS, NEFTuneConfig
+from .kernels import KERNELS
 from .noise import NOISE_KINDS
 from .schedule import SCHEDULES
 
@@ -52,6 +53,9 @@ def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="encoder-decoder models: leave the decoder's inputs clean",
     )
+    parser.add_argument(
+        "--kernel", choices=KERNELS, default="auto", help="torch ops or the fused Triton kernel (default: %(default)s)"
+    )
 
 
 def config_from_arguments(args: argparse.Namespace) -> NEFTuneConfig:
@@ -63,6 +67,7 @@ def config_from_arguments(args: argparse.Namespace) -> NEFTuneConfig:
         schedule_warmup=args.schedule_warmup,
         seed=args.noise_seed,
         noise_decoder_inputs=args.noise_decoder_inputs,
+        kernel=args.kernel,
     )
 
 

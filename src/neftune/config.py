@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from .errors import NEFTuneError
+from .kernels import KERNELS, KernelKind, triton_available
 from .noise import NOISE_KINDS, NoiseKind
 from .schedule import SCHEDULES, ScheduleKind
 
@@ -94,6 +95,13 @@ class NEFTuneConfig:
             Encoder-decoder models (T5, BART, ...): also noise the decoder's input embeddings. The encoder's
             inputs are always noised. True matches decoder-only NEFTune, which noises the response tokens
             too; in an encoder-decoder model those are the decoder's inputs.
+        kernel (`"auto"`, `"torch"` or `"triton"`, defaults to `"auto"`):
+            How the noise is drawn and added. `"torch"`: torch ops, bit-identical to the paper's code and (with
+            `scaling="padded"`) to transformers' hook. `"triton"`: neftune's fused Triton kernel, one pass over
+            the embeddings (`pip install "neftune[triton]"`; CUDA, or CPU under `TRITON_INTERPRET=1`); the same
+            distribution and magnitudes, other random bits. `"auto"`: the kernel for CUDA embeddings when Triton
+            imports, in eager mode (under `torch.compile`, inductor fuses the torch ops itself), except
+            `scaling="padded"` with uniform noise, which stays bit-exact with transformers; the torch path otherwise.
 
     Example:
         ```python
@@ -110,12 +118,16 @@ class NEFTuneConfig:
     schedule_warmup: float = 0.0
     seed: int | None = None
     noise_decoder_inputs: bool = True
+    kernel: KernelKind = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha", validate_alpha(self.alpha))
         _check_choice("scaling", self.scaling, SCALINGS)
         _check_choice("noise", self.noise, NOISE_KINDS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("kernel", self.kernel, KERNELS)
+        if self.kernel == "triton":
+            triton_available()  # import it now: a first import inside a torch.compile trace would fail
         warmup = self.schedule_warmup
         if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real) or not 0.0 <= float(warmup) < 1.0:
             raise NEFTuneError(

@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 from .errors import NEFTuneError
+from .kernels import draw_seed, fused_noise_add, use_triton
 from .layout import scalar_magnitude, token_magnitudes
-from .noise import draw_unit_noise
+from .noise import UNIT_VARIANCE, draw_unit_noise
 from .replay import DrawPlan, Replay, default_generator, ids_key, in_backward
 from .state import EVAL_MODE, NO_GRAD, NOISED, SCHEDULED_OFF, SUSPENDED, NoiseState
+from .stats import StatsAccumulator
 
 
 def _as_batch(output: torch.Tensor, module_name: str) -> torch.Tensor | None:
@@ -118,7 +120,7 @@ class NoiseHook:
             return None
         state.count(NOISED)
         if state.config.scaling == "padded":
-            plan, real = self._padded_plan(batched), None
+            plan, real = self._padded_plan(output, batched), None
         else:
             plan, real = self._per_sequence_plan(output, batched, args)
         own = state.generators is not None
@@ -128,10 +130,15 @@ class NoiseHook:
             state.replays.add(Replay(id(self), ids_key(args), rng.get_state(), own, plan))
         return self._draw_and_add(plan, output, batched, generator, real, track=True)
 
-    def _padded_plan(self, batched: torch.Tensor) -> DrawPlan:
+    def _padded_plan(self, output: torch.Tensor, batched: torch.Tensor) -> DrawPlan:
         """transformers' `neftune_post_forward_hook`: L is the padded length, padding is noised."""
         state = self.state
         magnitude = scalar_magnitude(state.config.alpha, batched.size(1) * batched.size(2))
+        kernel = state.config.kernel
+        # "auto" keeps uniform padded noise on the torch path: bit-exact with transformers' hook is its promise.
+        if use_triton(kernel, output) and not (kernel == "auto" and state.config.noise == "uniform"):
+            full = torch.full((), magnitude, dtype=torch.float32, device=output.device)
+            return DrawPlan(None, None, self._scaled(full), fused=True)
         scale = None
         if state.scheduled or _embed_scale(self.scale_source) is not None:
             scale = self._scaled(torch.ones((), dtype=torch.float32, device=batched.device))
@@ -160,12 +167,13 @@ class NoiseHook:
         )
         if magnitudes is None and not layout.is_empty:
             self._warn_unmatched(layout, batched)
+        fused = use_triton(state.config.kernel, output)
         if magnitudes is None:
             magnitude = scalar_magnitude(alpha, seq_len * hidden)
             scale = self._scaled(torch.full((), magnitude, dtype=torch.float32, device=output.device))
-            return DrawPlan(None, None, scale), None
+            return DrawPlan(None, None, scale, fused=fused), None
         shaped = self._scaled(magnitudes).view(*output.shape[:-1], 1)
-        return DrawPlan(None, None, shaped), (magnitudes > 0).to(torch.float32)
+        return DrawPlan(None, None, shaped, fused=fused), (magnitudes > 0).to(torch.float32)
 
     def _draw_and_add(
         self,
@@ -179,6 +187,8 @@ class NoiseHook:
         # The noise buffer becomes the result: one allocation, the size of the output. (A fused addcmul would save
         # a pass but rounds differently on CPU, breaking bit-equality with the paper's code.)
         stats = self.state.stats if track else None
+        if plan.fused:
+            return self._fused(plan, output, batched, generator, real, stats)
         if plan.uniform_bound is not None:
             noise = torch.empty_like(output).uniform_(-plan.uniform_bound, plan.uniform_bound, generator=generator)
         else:
@@ -194,6 +204,23 @@ class NoiseHook:
         if stats is not None and (plan.pre_scale is not None or plan.uniform_bound is not None):
             stats.add(noise, batched, None)
         return noise.add_(output)
+
+    def _fused(
+        self,
+        plan: DrawPlan,
+        output: torch.Tensor,
+        batched: torch.Tensor,
+        generator: torch.Generator | None,
+        real: torch.Tensor | None,
+        stats: StatsAccumulator | None,
+    ) -> torch.Tensor:
+        """Draw, scale and add in one Triton kernel (neftune.kernels): no noise tensor exists."""
+        assert plan.scale is not None
+        scale = plan.scale if plan.scale.dim() == 0 else plan.scale.view(*batched.shape[:2])
+        if stats is not None:  # the noise's expected square, from the scale
+            stats.add_expected(scale, UNIT_VARIANCE[self.state.config.noise], batched, real)
+        seed = draw_seed(output.device, generator)
+        return fused_noise_add(batched, scale, self.state.config.noise, seed).view(output.shape)
 
     def _replay(self, replay: Replay, output: torch.Tensor) -> torch.Tensor:
         """The forward's noise again, from a copy of the generator state it drew from."""

@@ -18,6 +18,8 @@ import torch
 NoiseKind = Literal["uniform", "gaussian", "symmetric"]
 NOISE_KINDS: tuple[str, ...] = get_args(NoiseKind)
 GAUSSIAN_STD = 1.0 / math.sqrt(3.0)
+# E[u^2] of each unit noise: what the fused kernel's stats are computed from (it keeps no noise tensor).
+UNIT_VARIANCE: dict[str, float] = {"uniform": 1.0 / 3.0, "gaussian": 1.0 / 3.0, "symmetric": 1.0}
 
 
 def draw_unit_noise(like: torch.Tensor, kind: NoiseKind, generator: torch.Generator | None) -> torch.Tensor:

@@ -34,11 +34,13 @@ def in_backward() -> bool:
 @dataclass(frozen=True)
 class DrawPlan:
     """How one call turns a draw into its noise: `uniform_bound` draws `Uniform(-b, b)` directly (transformers'
-    arithmetic), else unit noise times `pre_scale`; the result is then multiplied by `scale`, if any."""
+    arithmetic), else unit noise times `pre_scale`; the result is then multiplied by `scale`, if any. `fused`: the
+    Triton kernel draws, scales by `scale` and adds in one pass (its seed drawn from the same generator)."""
 
     uniform_bound: float | None
     pre_scale: float | None
     scale: torch.Tensor | None
+    fused: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,16 @@ class StatsAccumulator:
         token_scale_sq = scale.squeeze(-1).square() if scale.dim() else scale.square()
         self._accumulate((token_sq * token_scale_sq).sum(), clean, token_weights)
 
+    def add_expected(
+        self, scale: torch.Tensor, unit_variance: float, clean: torch.Tensor, token_weights: torch.Tensor | None
+    ) -> None:
+        """Like `add_unit` for noise that was never materialised (the fused kernel): its expected square,
+        `scale^2 * unit_variance` per element, with `scale` 0-D or (batch, seq_len). Exact for symmetric noise;
+        for the others the measured sum differs by about `1/sqrt(elements)` relative."""
+        tokens = clean.numel() // clean.shape[-1] if scale.dim() == 0 else 1
+        noise_sq = scale.square().sum() * (unit_variance * clean.shape[-1] * tokens)
+        self._accumulate(noise_sq, clean, token_weights)
+
     def _accumulate(self, noise_sq: torch.Tensor, clean: torch.Tensor, token_weights: torch.Tensor | None) -> None:
         hidden = clean.shape[-1]
         token_sq = torch.linalg.vector_norm(clean.detach(), dim=-1, dtype=torch.float32).square()

@@ -18,6 +18,7 @@ from .callback import NEFTuneCallback
 from .config import SCALINGS, NEFTuneConfig, validate_alpha, validate_count, validate_flag
 from .discovery import select_targets
 from .errors import NEFTuneError
+from .kernels import KERNELS
 from .noise import NOISE_KINDS
 from .schedule import SCHEDULES
 
@@ -80,6 +81,15 @@ class SFTConfig(trl.SFTConfig):  # type: ignore[misc]
             "help": "Encoder-decoder models: also noise the decoder's input embeddings (the encoder's always are)."
         },
     )
+    neftune_kernel: str = field(
+        default="auto",
+        metadata={
+            "help": "How the noise is drawn and added. torch: torch ops, bit-exact with the paper's code. triton: "
+            "neftune's fused one-pass kernel (pip install neftune[triton]; CUDA). auto: triton on CUDA when it "
+            "imports (uniform padded noise stays on torch, bit-exact with transformers), torch otherwise.",
+            "choices": list(KERNELS),
+        },
+    )
     neftune_clean_loss_steps: int | None = field(
         default=None,
         metadata={
@@ -119,6 +129,7 @@ def neftune_config_from_args(args: Any) -> NEFTuneConfig:
             schedule_warmup=getattr(args, "neftune_schedule_warmup", 0.0),
             seed=getattr(args, "neftune_seed", None),
             noise_decoder_inputs=getattr(args, "neftune_noise_decoder_inputs", True),
+            kernel=getattr(args, "neftune_kernel", "auto"),
         )
     except NEFTuneError as error:  # name the config field, not the NEFTuneConfig one
         raise NEFTuneError(str(error).replace("NEFTune ", "neftune_", 1)) from None
