@@ -472,3 +472,16 @@ def test_kernel_compiles_for_hopper_without_a_gpu() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(sizes) == 3 and all(size > 10_000 for size in sizes)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("seed", [None, 11])
+def test_checkpoint_recompute_replays_the_kernels_noise(seed: int | None) -> None:
+    """The kernel's seed is drawn from the generator in force, so the recompute in backward replays it exactly."""
+    from test_hardening_math import CheckpointedNet, _gradients
+
+    config = NEFTuneConfig(alpha=ALPHA, kernel="triton", seed=seed)
+    expected, _ = _gradients(CheckpointedNet("plain"), config)
+    got, counts = _gradients(CheckpointedNet("non_reentrant"), config)
+    assert max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True)) == 0.0
+    assert counts.noised == 2
