@@ -78,3 +78,26 @@ def tiny_gpt2() -> nn.Module:
     )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config)
+
+
+def measured_kernel_noise(
+    model: nn.Module,
+    ids: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
+    config: Any,
+    rng_seed: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The noise `apply_neftune(model, config)` adds to `model(ids, **inputs)` (a training forward minus eval)."""
+    from neftune import apply_neftune
+
+    model.eval()
+    clean = model(ids, **inputs).float()
+    handle = apply_neftune(model, config)
+    model.train()
+    torch.manual_seed(rng_seed)
+    with torch.no_grad():
+        noisy = model(ids, **inputs)
+    handle.remove()
+    assert noisy.dtype == dtype
+    return noisy.float() - clean

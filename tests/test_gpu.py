@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EmbeddingOnlyModel, capture_output, padding_mask
+from helpers import EmbeddingOnlyModel, capture_output, measured_kernel_noise, padding_mask
 
 from neftune import NEFTuneConfig, apply_neftune
 
@@ -72,17 +72,10 @@ def cuda_noise(
         ids = torch.randint(0, 512, (1, sum(lengths)), device="cuda")
         inputs = {"position_ids": torch.cat([torch.arange(n) for n in lengths])[None].cuda()}
         per_token = torch.cat([torch.full((n,), float(n), dtype=torch.float64) for n in lengths])[None].cuda()
-    model.eval()
-    clean = model(ids, **inputs).float()
-    handle = apply_neftune(model, NEFTuneConfig(alpha=ALPHA, kernel=kernel, **config))  # type: ignore[arg-type]
-    model.train()
-    torch.manual_seed(rng_seed)
-    with torch.no_grad():
-        noisy = model(ids, **inputs)
-    handle.remove()
-    assert noisy.dtype == dtype
+    noise_config = NEFTuneConfig(alpha=ALPHA, kernel=kernel, **config)  # type: ignore[arg-type]
+    noise = measured_kernel_noise(model, ids, inputs, noise_config, rng_seed, dtype)
     bound = torch.where(per_token > 0, ALPHA / torch.sqrt(per_token.clamp_min(1) * hidden), 0.0)
-    return noisy.float() - clean, bound
+    return noise, bound
 
 
 @needs_triton

@@ -18,7 +18,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from helpers import EmbeddingOnlyModel, capture_output, padding_mask
+from helpers import EmbeddingOnlyModel, capture_output, measured_kernel_noise, padding_mask
 
 import neftune.kernels as kernels
 from neftune import NEFTuneConfig, NEFTuneError, apply_neftune
@@ -176,17 +176,10 @@ def noise_through_hook(
         ids = ids.flatten()[None, : sum(LENGTHS)]
         inputs = {"position_ids": torch.cat([torch.arange(n) for n in LENGTHS])[None]}
         lengths = torch.cat([torch.full((n,), float(n), dtype=torch.float64) for n in LENGTHS])[None]
-    model.eval()
-    clean = model(ids, **inputs).float()
-    handle = apply_neftune(model, NEFTuneConfig(alpha=ALPHA, kernel=kernel, **config))  # type: ignore[arg-type]
-    model.train()
-    torch.manual_seed(rng_seed)
-    with torch.no_grad():
-        noisy = model(ids, **inputs)
-    handle.remove()
-    assert noisy.dtype == dtype
+    noise_config = NEFTuneConfig(alpha=ALPHA, kernel=kernel, **config)  # type: ignore[arg-type]
+    noise = measured_kernel_noise(model, ids, inputs, noise_config, rng_seed, dtype)
     bound = torch.where(lengths > 0, ALPHA / torch.sqrt(lengths.clamp_min(1) * HIDDEN), 0.0)
-    return noisy.float() - clean, bound
+    return noise, bound
 
 
 def segments(bound: torch.Tensor) -> list[tuple[int, slice]]:
