@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=30, help="training steps (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     add_sweep_parser(commands)
+    report = commands.add_parser(
+        "report", help="rebuild results.json, report.md and metrics.png of a sweep directory (no training)"
+    )
+    report.add_argument("directory", help="the --output-dir of a `neftune sweep` run")
     commands.add_parser(
         "sft",
         help="one SFT run with NEFTune: TRL's SFTConfig options plus neftune's (see `neftune sft --help`)",
@@ -86,6 +90,33 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
         default=defaults.noises,
         help="noise kinds to compare, comma-separated: uniform,gaussian,symmetric (default: uniform)",
     )
+    sweep.add_argument(
+        "--scalings",
+        type=lambda text: tuple(text.split(",")),
+        default=defaults.scalings,
+        help="what L is, comma-separated: per_sequence (neftune), padded (transformers' hook); default: per_sequence",
+    )
+    sweep.add_argument(
+        "--packing", action="store_true", help="train with TRL packing (best-fit decreasing, padding-free rows)"
+    )
+    sweep.add_argument(
+        "--margin",
+        type=float,
+        default=defaults.margin,
+        help="non-inferiority margin of the held-out loss in nats, fixed before the run (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--noisy-loss-draws",
+        type=int,
+        default=defaults.noisy_loss_draws,
+        help="noise draws averaged in the noisy training loss (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--eval-batch-size", type=int, default=defaults.eval_batch_size, help="generation and loss batch size"
+    )
+    sweep.add_argument(
+        "--time-budget", type=float, default=None, help="seconds after which no new cell starts (rerun to continue)"
+    )
     sweep.add_argument("--finetune", choices=["full", "lora"], default=defaults.finetune)
     sweep.add_argument("--lora-r", type=int, default=defaults.lora_r)
     sweep.add_argument("--steps", type=int, default=None, help=f"training steps (default: {defaults.steps})")
@@ -112,6 +143,12 @@ def run_sweep_command(args: argparse.Namespace) -> None:
         alphas=args.alphas,
         seeds=args.seeds,
         noises=args.noises,
+        scalings=args.scalings,
+        packing=args.packing,
+        margin=args.margin,
+        noisy_loss_draws=args.noisy_loss_draws,
+        eval_batch_size=args.eval_batch_size,
+        time_budget=args.time_budget,
         finetune=args.finetune,
         lora_r=args.lora_r,
         steps=steps,
@@ -140,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
         run_sweep_command(args)
+    if args.command == "report":
+        from .sweep import rebuild_report
+
+        summary = rebuild_report(args.directory)
+        print(f"wrote {args.directory}/results.json, report.md and metrics.png ({len(summary['cells'])} cells)")
     if args.command == "demo":
         from .demo import print_demo, run_demo
 
