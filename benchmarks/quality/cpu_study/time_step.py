@@ -1,8 +1,8 @@
 """Cost of the CPU study's pieces with SmolLM2-135M + LoRA r16 (all linear layers), to size the training set.
 
-Times (median of 3 after one warm-up): one training step on one Dolly example of about 256 tokens (forward,
-backward, AdamW); one packed row of 1024 tokens; greedy generation of 128 new tokens for a batch of 8 prompts;
-the clean loss of 8 examples.
+Times (median of 2 after one warm-up, printed as they come): one training step on one Dolly example of about 256
+tokens (forward, backward, AdamW); one packed row of 1024 tokens; the clean loss of 8 examples; greedy generation
+of 96 new tokens for a batch of 8 prompts.
 
     python benchmarks/quality/cpu_study/time_step.py DIR/SmolLM2-135M-Instruct.Q4_1.gguf
 """
@@ -24,7 +24,7 @@ from neftune.sweep.models import load_model, load_tokenizer
 DOLLY = Path(__file__).resolve().parents[4] / "shared" / "data" / "dolly" / "dolly-6400.jsonl"
 
 
-def _median_seconds(step, repeats: int = 3) -> float:  # type: ignore[no-untyped-def]
+def _median_seconds(step, repeats: int = 2) -> float:  # type: ignore[no-untyped-def]
     step()
     times = []
     for _ in range(repeats):
@@ -60,23 +60,21 @@ def main() -> None:
     one = torch.tensor([tokenizer(texts[index])["input_ids"]])
     packed = [token for text in texts[:40] for token in tokenizer(text)["input_ids"]]
     row = torch.tensor([packed[:1024]])
-    result = {
-        "threads": torch.get_num_threads(),
-        "load_seconds": round(load, 1),
-        "example_tokens": int(one.shape[1]),
-        "train_step_one_example_s": round(_median_seconds(lambda: train_step(one)), 2),
-        "train_step_packed_row_1024_s": round(_median_seconds(lambda: train_step(row)), 2),
-        "generate_8x128_s": round(
-            _median_seconds(
-                lambda: generate_greedy(model, tokenizer, [p for p, _ in heldout[:8]], max_new_tokens=128), 1
-            ),
-            1,
-        ),
-        "clean_loss_8_examples_s": round(
-            _median_seconds(lambda: completion_losses(model, tokenizer, heldout[:8], max_length=1024)), 2
-        ),
-        "load_average": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
-    }
+    result: dict[str, object] = {"threads": torch.get_num_threads(), "load_seconds": round(load, 1)}
+    result["example_tokens"] = int(one.shape[1])
+
+    def record(key: str, seconds: float) -> None:
+        result[key] = round(seconds, 2)
+        print(key, result[key], flush=True)
+
+    record("train_step_one_example_s", _median_seconds(lambda: train_step(one)))
+    record("train_step_packed_row_1024_s", _median_seconds(lambda: train_step(row)))
+    record("clean_loss_8_examples_s", _median_seconds(lambda: completion_losses(model, tokenizer, heldout[:8])))
+    prompts = [p for p, _ in heldout[:8]]
+    record(
+        "generate_8x96_s", _median_seconds(lambda: generate_greedy(model, tokenizer, prompts, max_new_tokens=96), 1)
+    )
+    result["load_average"] = Path("/proc/loadavg").read_text().split()[:3]
     print(json.dumps(result, indent=1))
 
 
