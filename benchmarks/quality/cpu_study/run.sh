@@ -8,8 +8,8 @@
 #
 #   bash benchmarks/quality/cpu_study/run.sh [OUT]          # from the repository root, venv active
 #
-# TRAIN (default 96) is the training set size: sized from benchmarks/quality/cpu_study/time_step.py so that the 16
-# cells fit about two hours of an unloaded 2-core CPU (see cpu_study/README.md). NOT RUN YET.
+# TRAIN (default 96) is the training set size. Estimated cost on the shared 2-core machine: ~1,950 s a cell, about
+# 8.5 hours in all, mostly evaluation (cpu_study/README.md, from time_step.py). NOT RUN YET.
 set -euo pipefail
 out=${1:-benchmarks/quality/$(date +%F)-smollm2-cpu}
 models=${MODELS:-.gemma}
@@ -27,4 +27,4 @@ python -m neftune sweep \
   --alphas 0,5 --seeds 0,1,2,3,4 --scalings per_sequence,padded --packing --margin 0.01 \
   --finetune lora --lora-r 16 --learning-rate 2e-4 --epochs 3 --batch-size 1 --max-length 1024 \
   --max-train-examples "$train" --heldout 64 --eval-prompts 64 --max-new-tokens 96 --prefix-words 32 \
-  --noisy-loss-draws 4 "${budget[@]}" --output-dir "$out"
+  --noisy-loss-draws 2 "${budget[@]}" --output-dir "$out"
