@@ -51,12 +51,20 @@ def _must_not_train(monkeypatch: pytest.MonkeyPatch) -> None:
         (["sweep", "--finetune", "qlora"], "argument --finetune: invalid choice: 'qlora'"),
         (["sweep", "--dataset", "nonexistent.jsonl"], "dataset file 'nonexistent.jsonl' does not exist"),
         (["sweep", "--model", "/nonexistent/dir"], "model '/nonexistent/dir' does not exist; pass an existing"),
+        (["sweep", "--scalings", "per_sequence,row"], "unknown scaling 'row' in scalings (--scalings); choose from"),
+        (["sweep", "--scalings", "padded,padded"], "--scalings lists a value twice"),
+        (["sweep", "--margin", "-0.1"], "margin must be a finite number >= 0 (nats), got -0.1 (--margin)"),
+        (["sweep", "--noisy-loss-draws", "0"], "noisy_loss_draws must be a whole number >= 1, got 0"),
+        (["sweep", "--eval-batch-size", "0"], "eval_batch_size must be a whole number >= 1, got 0"),
+        (["sweep", "--time-budget", "0"], "time_budget must be a positive number, got 0.0 (--time-budget)"),
+        (["report", "missing-dir"], "sweep directory 'missing-dir' does not exist; pass the --output-dir of"),
+        (["report"], "the following arguments are required: directory; see `neftune report --help`"),
         (["sft", "--modle", "foo"], "unrecognised argument(s) --modle foo (did you mean --model?)"),
         (["sft", "--output_dir", "o"], "--model is required: a hub id (e.g. Qwen/Qwen2.5-0.5B)"),
         (["sft", "--model", "/nonexistent/dir", "--output_dir", "o"], "model '/nonexistent/dir' does not exist"),
         (["sft", "--model", "toy", "--neftune_noise_alpha", "-1"], "neftune_noise_alpha must be >= 0"),
         (["sft", "--model", "toy", "--neftune_clean_loss_steps", "0"], "neftune_clean_loss_steps must be >= 1"),
-        (["frobnicate"], "invalid choice: 'frobnicate' (choose from 'demo', 'sweep', 'run', 'sft')"),
+        (["frobnicate"], "invalid choice: 'frobnicate' (choose from 'demo', 'sweep', 'report', 'run', 'sft')"),
     ],
 )
 def test_every_cli_error_is_one_line_with_the_fix(
@@ -64,7 +72,7 @@ def test_every_cli_error_is_one_line_with_the_fix(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     _must_not_train(monkeypatch)
-    command = argv[0] if argv[0] in ("demo", "sweep", "sft") else ""
+    command = argv[0] if argv[0] in ("demo", "sweep", "report", "sft") else ""
     line = _error_line(capsys, argv, command) if command else None
     if line is None:  # an unknown command: the top-level parser answers
         assert cli.main(argv) == 2
@@ -112,6 +120,7 @@ def test_an_unexpected_error_names_its_type_and_the_debug_switch(
         (["demo"], "transformers", 'pip install "neftune[transformers]"'),
         (["sweep"], "rouge_score", 'pip install "neftune[eval]"'),
         (["sweep"], "tokenizers", 'pip install "neftune[eval]"'),
+        (["report", "missing-dir"], "matplotlib", 'pip install "neftune[eval]"'),
         (["sft", "--model", "toy"], "trl", 'pip install "neftune[trl]"'),
         (["sft", "--model", "toy", "--lora", "true"], "peft", 'pip install "neftune[trl,peft]"'),
     ],

@@ -16,7 +16,7 @@ from neftune.errors import NEFTuneError
 from neftune.eval import degenerate_share
 from neftune.sweep import SweepConfig, run_sweep
 from neftune.sweep import runner as sweep_runner
-from neftune.sweep.report import _cell, _markdown, aggregate, write_report
+from neftune.sweep.report import SweepData, _cell, _markdown, aggregate, write_report
 from neftune.sweep.runner import default_learning_rate
 
 SMALL = {"steps": 2, "heldout": 8, "eval_prompts": 2, "max_new_tokens": 4, "batch_size": 2}
@@ -46,13 +46,20 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float, int]]:
     """Replace training and evaluation by instant fakes; the list records which cells were trained."""
     calls: list[tuple[str, float, int]] = []
 
-    def train(config: Any, noise: str, alpha: float, seed: int, *rest: Any) -> Any:
+    def train(config: Any, noise: str, alpha: float, scaling: str, seed: int, *rest: Any) -> Any:
         calls.append((noise, alpha, seed))
-        return None, 1.0, [{"loss": 1.5}, {"loss": 1.0}]
+        return None, 1.0, [{"loss": 1.5}, {"loss": 1.0}], {"init": "i", "data": "d"}
 
     monkeypatch.setattr(sweep_runner, "_train", train)
-    monkeypatch.setattr(sweep_runner, "_evaluate", lambda *args: _metrics())
+    monkeypatch.setattr(sweep_runner, "_evaluate", lambda *args: (_metrics(), []))
     return calls
+
+
+def _sweep(config: SweepConfig, results: list[dict[str, Any]], n_train: int, n_heldout: int, **data: Any) -> Any:
+    """A report's input made in memory, as `load_sweep` reads it back from a directory."""
+    cells = [row | {"_name": f"cell{index}"} for index, row in enumerate(results)]
+    counts = {"train_examples": n_train, "heldout_examples": n_heldout}
+    return SweepData(Path(config.output_dir), config, cells, None, {}, counts | data)
 
 
 def test_a_failed_start_writes_nothing_and_its_retry_works(
@@ -142,8 +149,10 @@ def _row(alpha: float, seed: int, **values: Any) -> dict[str, Any]:
     return {
         "noise": noise,
         "alpha": alpha,
+        "scaling": "none" if alpha == 0 else "per_sequence",
         "seed": seed,
         "noisy_train_loss": 1.0,
+        "logged_train_loss": 1.0,
         "first_train_loss": 2.0,
         **_metrics(),
         **values,
@@ -161,10 +170,10 @@ def test_report_notes_and_warnings() -> None:
     config = SweepConfig(model="org/model", steps=3, batch_size=8)
     results = [
         _row(0.0, 0),
-        _row(5.0, 0, noisy_train_loss=3.9, first_train_loss=2.64, heldout_degenerate=0.75),
+        _row(5.0, 0, logged_train_loss=3.9, first_train_loss=2.64, heldout_degenerate=0.75),
         _row(15.0, 0, heldout_rep_2=math.nan, heldout_log_diversity=math.nan),
     ]
-    text = _markdown(config, aggregate(results), results, 6336, 64, "chat")
+    text = _markdown(_sweep(config, results, 6336, 64, prompt_format="chat"), aggregate(results), [], "verified")
     assert "nan" not in text.replace("no spread", "")
     assert "1 seed, no spread: each value is a single run." in text and "± 0.000" not in text
     assert "prompt format chat" in text
@@ -183,7 +192,7 @@ def test_report_notes_and_warnings() -> None:
 def test_report_without_problems_has_no_warnings(tmp_path: Path) -> None:
     config = SweepConfig(output_dir=str(tmp_path), seeds=(0, 1))
     results = [_row(a, s, clean_train_loss=1.0 + 0.1 * s) for a in (0.0, 5.0) for s in (0, 1)]
-    write_report(config, results, 368, 32)
+    write_report(_sweep(config, results, 368, 32))
     text = (tmp_path / "report.md").read_text()
     assert "## Warnings" not in text and "1.050 ± 0.071" in text
     assert (tmp_path / "metrics.png").stat().st_size > 10_000
@@ -209,7 +218,8 @@ def test_progress_off_a_terminal_is_one_plain_line_per_cell(
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("neftune sweep: 2 cells (0 done), model embedded toy,")
     assert "prompt format alpaca, lr 0.002" in lines[0]
-    assert [line.split(" done")[0] for line in lines[1:]] == [
+    assert lines[1].startswith("neftune sweep: untrained baseline evaluated, ")
+    assert [line.split(" done")[0] for line in lines[2:]] == [
         "neftune sweep: cell 1/2 (none-alpha0-seed0)",
         "neftune sweep: cell 2/2 (uniform-alpha5-seed0)",
     ]

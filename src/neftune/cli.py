@@ -1,4 +1,4 @@
-"""`neftune` command line: `neftune demo`, `neftune sweep`, `neftune sft`.
+"""`neftune` command line: `neftune demo`, `neftune sweep`, `neftune report`, `neftune run`, `neftune sft`.
 
 Every error is one line on stderr, `neftune <command>: error: ...`, with exit status 2; `neftune --debug
 <command>` (or `NEFTUNE_DEBUG=1`) also prints the traceback. Each command checks its extras before any work.
@@ -28,6 +28,7 @@ _TRAINING = ("transformers", "tokenizers", "trl", "datasets", "accelerate", "pef
 COMMAND_NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "demo": (("transformers",), ("transformers",)),
     "sweep": ((*_TRAINING, "rouge_score", "sacrebleu", "matplotlib", "tqdm"), ("eval",)),
+    "report": (("matplotlib",), ("eval",)),
     "sft": (("transformers", "trl", "datasets", "accelerate"), ("trl",)),
 }
 TOY_MODEL = "toy"  # `--model toy`: the built-in tiny Llama
@@ -79,13 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=version_text())
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (before the command)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,sweep,run,sft}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,sweep,report,run,sft}")
     demo = commands.add_parser("demo", help="fine-tune a tiny model for a few steps with NEFTune (no downloads)")
     demo.add_argument("--alpha", type=float, default=5.0, help="noise magnitude (default: %(default)s)")
     add_noise_arguments(demo)
     demo.add_argument("--steps", type=int, default=30, help="training steps (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     add_sweep_parser(commands)
+    report = commands.add_parser(
+        "report", help="rebuild results.json, report.md and metrics.png of a sweep directory (no training)"
+    )
+    report.add_argument("directory", help="the --output-dir of a `neftune sweep` run")
     commands.add_parser(
         "run",
         help="run a training script or -m module with neftune in place of transformers' neftune_noise_alpha hook "
@@ -135,6 +140,33 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
         default=defaults.noises,
         help=f"noise kinds to compare, comma-separated: {','.join(NOISE_KINDS)} (default: uniform)",
     )
+    sweep.add_argument(
+        "--scalings",
+        type=_words,
+        default=defaults.scalings,
+        help="what L is, comma-separated: per_sequence (neftune), padded (transformers' hook); default: per_sequence",
+    )
+    sweep.add_argument(
+        "--packing", action="store_true", help="train with TRL packing (best-fit decreasing, padding-free rows)"
+    )
+    sweep.add_argument(
+        "--margin",
+        type=float,
+        default=defaults.margin,
+        help="non-inferiority margin of the held-out loss in nats, fixed before the run (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--noisy-loss-draws",
+        type=int,
+        default=defaults.noisy_loss_draws,
+        help="noise draws averaged in the noisy training loss (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--eval-batch-size", type=int, default=defaults.eval_batch_size, help="generation and loss batch size"
+    )
+    sweep.add_argument(
+        "--time-budget", type=float, default=None, help="seconds after which no new cell starts (rerun to continue)"
+    )
     sweep.add_argument("--finetune", choices=["full", "lora"], default=defaults.finetune)
     sweep.add_argument("--lora-r", type=int, default=defaults.lora_r)
     sweep.add_argument("--steps", type=int, default=None, help=f"training steps (default: {defaults.steps})")
@@ -177,6 +209,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         alphas=args.alphas,
         seeds=args.seeds,
         noises=args.noises,
+        scalings=args.scalings,
+        packing=args.packing,
+        margin=args.margin,
+        noisy_loss_draws=args.noisy_loss_draws,
+        eval_batch_size=args.eval_batch_size,
+        time_budget=args.time_budget,
         finetune=args.finetune,
         lora_r=args.lora_r,
         steps=steps,
@@ -194,6 +232,15 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     )
     summary = run_sweep(config)
     print(f"wrote {config.output_dir}/results.json, report.md and metrics.png ({len(summary['cells'])} cells)")
+    return 0
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    require_command_extras("report")
+    from .sweep import rebuild_report
+
+    summary = rebuild_report(args.directory)
+    print(f"wrote {args.directory}/results.json, report.md and metrics.png ({len(summary['cells'])} cells)")
     return 0
 
 
@@ -216,6 +263,8 @@ def _dispatch(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
         return run_sweep_command(args)
+    if args.command == "report":
+        return run_report_command(args)
     return run_demo_command(args)
 
 
@@ -227,5 +276,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_main(arguments[1:])
     debug = debug_requested(arguments)
     command = arguments[0] if arguments and not arguments[0].startswith("-") else None
-    prog = f"neftune {command}" if command in ("demo", "sweep", "sft") else "neftune"
+    prog = f"neftune {command}" if command in ("demo", "sweep", "report", "sft") else "neftune"
     return run_guarded(prog, lambda: _dispatch(arguments), debug)

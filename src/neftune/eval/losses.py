@@ -1,4 +1,5 @@
-"""Loss of completions given prompts, with the noise off: the clean training loss and the held-out loss."""
+"""Loss of completions given prompts: the clean training loss and the held-out loss (noise off), and the noisy
+training loss (the cell's noise on, averaged over draws) on the same examples."""
 
 from __future__ import annotations
 
@@ -8,7 +9,69 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..apply import disable_noise
+from ..apply import apply_neftune, disable_noise
+from ..config import NEFTuneConfig
+
+
+def _rows(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
+    rows = []
+    for prompt, completion in pairs:
+        prompt_ids = tokenizer(prompt)["input_ids"]  # with BOS, as the trainer tokenised it
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            completion_ids = [*completion_ids, tokenizer.eos_token_id]
+        rows.append(
+            ((prompt_ids + completion_ids)[:max_length], ([-100] * len(prompt_ids) + completion_ids)[:max_length])
+        )
+    return rows
+
+
+def _scored(
+    model: nn.Module, rows: list[tuple[list[int], list[int]]], pad: int, batch_size: int
+) -> list[tuple[float, int]]:
+    """Per-example (summed cross-entropy, scored tokens) in the model's current mode and hooks."""
+    device = next(model.parameters()).device
+    result: list[tuple[float, int]] = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in chunk], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk], device=device)
+            mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in chunk], device=device)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+            targets = labels[:, 1:]
+            per_token = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+            ).view(targets.shape)
+            scored = targets != -100
+            sums = (per_token * scored).sum(-1).tolist()
+            counts = scored.sum(-1).tolist()
+            result += [(float(s), int(c)) for s, c in zip(sums, counts, strict=True)]
+    return result
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
+
+
+def completion_losses(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 8,
+    max_length: int = 512,
+) -> list[tuple[float, int]]:
+    """(summed cross-entropy, scored tokens) of each completion given its prompt (prompt tokens not scored),
+    in eval mode without noise; the prompt and completion are cut together at `max_length` as in training."""
+    was_training = model.training
+    model.eval()
+    try:
+        with disable_noise(model):
+            return _scored(model, _rows(tokenizer, pairs, max_length), _pad_id(tokenizer), batch_size)
+    finally:
+        model.train(was_training)
 
 
 def mean_completion_loss(
@@ -21,33 +84,44 @@ def mean_completion_loss(
 ) -> float:
     """Token-weighted mean cross-entropy of each completion given its prompt (prompt tokens not scored),
     in eval mode without noise."""
-    device = next(model.parameters()).device
+    losses = completion_losses(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
+    return sum(s for s, _ in losses) / max(sum(c for _, c in losses), 1)
+
+
+def noisy_completion_losses(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    config: NEFTuneConfig,
+    *,
+    draws: int = 4,
+    batch_size: int = 8,
+    max_length: int = 512,
+) -> list[tuple[float, int]]:
+    """`completion_losses` with `config`'s noise on (dropout off), each example's loss averaged over `draws` noise
+    draws: what the training loss looks like with the noise, on exactly the examples of the clean loss.
+
+    The noise is drawn for the evaluation's padded batches (`config.scaling` decides L there), from neftune's own
+    generator when `config.seed` is set (draw k is step k). With alpha 0 this is the clean loss.
+    """
+    if config.alpha == 0 or draws < 1:
+        return completion_losses(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
     was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
+    totals: list[float] = [0.0] * len(pairs)
+    counts: list[int] = [0] * len(pairs)
+    rows = _rows(tokenizer, pairs, max_length)
+    handle = apply_neftune(model, config)
     try:
-        with torch.no_grad(), disable_noise(model):
-            for start in range(0, len(pairs), batch_size):
-                rows = []
-                for prompt, completion in pairs[start : start + batch_size]:
-                    prompt_ids = tokenizer(prompt)["input_ids"]  # with BOS, as the trainer tokenised it
-                    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-                    if tokenizer.eos_token_id is not None:
-                        completion_ids = [*completion_ids, tokenizer.eos_token_id]
-                    ids = (prompt_ids + completion_ids)[:max_length]
-                    labels = ([-100] * len(prompt_ids) + completion_ids)[:max_length]
-                    rows.append((ids, labels))
-                width = max(len(ids) for ids, _ in rows)
-                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-                input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows], device=device)
-                labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows], device=device)
-                mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], device=device)
-                logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-                loss = nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
-                )
-                total += float(loss)
-                tokens += int((labels[:, 1:] != -100).sum())
+        model.eval()
+        for module in handle.modules:
+            module.train()  # the hook noises when its module is in training mode; the rest stays in eval mode
+        for draw in range(draws):
+            handle.set_step(draw)
+            losses = _scored(model, rows, _pad_id(tokenizer), batch_size)
+            for index, (loss, tokens) in enumerate(losses):
+                totals[index] += loss / draws
+                counts[index] = tokens
     finally:
+        handle.remove()
         model.train(was_training)
-    return total / max(tokens, 1)
+    return list(zip(totals, counts, strict=True))

@@ -18,27 +18,44 @@ from collections.abc import Sequence
 DEFAULT_PREFIX_WORDS = 32
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure in [0, 1] over prediction/reference pairs."""
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F-measure in [0, 1] of each prediction against its reference."""
     from rouge_score import rouge_scorer
 
     _same_length(predictions, references)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    scores = [
+    return [
         scorer.score(reference, prediction)["rougeL"].fmeasure
         for prediction, reference in zip(predictions, references, strict=True)
     ]
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure in [0, 1] over prediction/reference pairs."""
+    scores = rouge_l_scores(predictions, references)
     return sum(scores) / len(scores) if scores else 0.0
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU in [0, 100] (sacrebleu's defaults: 13a tokenisation, exponential smoothing)."""
+    """Corpus BLEU on sacrebleu's 0-100 scale (13a tokenisation, exponential smoothing)."""
     import sacrebleu
 
     _same_length(predictions, references)
     if not predictions:
         return 0.0
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def sentence_bleu_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Sentence BLEU (0-100, sacrebleu's exponential smoothing) of each prediction: the per-example quantity a
+    bootstrap over examples resamples (corpus BLEU does not decompose into examples)."""
+    import sacrebleu
+
+    _same_length(predictions, references)
+    return [
+        float(sacrebleu.sentence_bleu(prediction, [reference]).score)
+        for prediction, reference in zip(predictions, references, strict=True)
+    ]
 
 
 def output_lengths(texts: Sequence[str]) -> dict[str, float]:
