@@ -31,7 +31,7 @@ python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'run_
 common=(--dataset ../shared/data/dolly/dolly-6400.jsonl --seeds 0,1,2,3,4 --packing --margin 0.01
   --finetune full --learning-rate 2e-5 --epochs 3 --batch-size 16 --max-length 512
   --max-train-examples 2000 --heldout 200 --eval-prompts 200 --max-new-tokens 512 --prefix-words 32
-  --eval-batch-size 100 --noisy-loss-draws 4)
+  --eval-batch-size 100 --noisy-loss-draws 4 --prompt-format alpaca)
 
 for model in SmolLM2-135M-Instruct.Q4_1 gemma-3-270m-q4_k_m; do
   dir="$out/${model%%.*}"
