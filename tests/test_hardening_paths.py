@@ -215,6 +215,22 @@ def test_llamafactory_style_packing_pads_get_no_noise() -> None:
     _assert_segments(noise, [10, 5], 20)
 
 
+@pytest.mark.parametrize("boundaries", ["position_ids", "cu_seq_lens_q"])
+def test_axolotl_style_pad_tail_with_restarting_positions_gets_no_noise(boundaries: str) -> None:
+    """axolotl's multipack collator pads with pad ids at positions 0, 1, 2, ... and no attention mask: the tail
+    looks like one more sequence (its own segment in cu_seq_lens_q too), but holds only pad ids."""
+    real = torch.randint(3, 128, (1, 14), generator=torch.Generator().manual_seed(4))
+    input_ids = torch.cat([real, torch.zeros(1, 6, dtype=torch.long)], dim=1)
+    position_ids = torch.cat([torch.arange(9), torch.arange(5), torch.arange(6)])[None]
+    layout = {"position_ids": position_ids}
+    if boundaries == "cu_seq_lens_q":
+        layout["cu_seq_lens_q"] = torch.tensor([0, 9, 14, 20], dtype=torch.int32)
+    model = tiny_llama()
+    apply_neftune(model, ALPHA)
+    noise = layer_input_noise(model, model.model.layers[0], input_ids=input_ids, **layout)
+    _assert_segments(noise, [9, 5], 20)
+
+
 def test_a_pad_id_inside_a_longer_sequence_stays_real() -> None:
     """pad = eos: the eos ending a packed sequence is a real token of that sequence."""
     ids = torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(3))

@@ -147,7 +147,8 @@ def dpo_reference_and_policy(
     policy: list[torch.Tensor] = []
 
     def record(module: Any, args: Any, kwargs: Any, output: Any) -> None:
-        (policy if torch.is_grad_enabled() else reference).append(output.log_probs.detach().clone())
+        value = output.log_probs if hasattr(output, "log_probs") else output.logits  # TRL < 1: plain logits
+        (policy if torch.is_grad_enabled() else reference).append(value.detach().clone())
 
     trainer.model.register_forward_hook(record, with_kwargs=True)
     torch.manual_seed(0)
