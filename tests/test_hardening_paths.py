@@ -55,6 +55,8 @@ def assert_row_bounds(noise: torch.Tensor, mask: torch.Tensor, alpha: float = AL
 
 
 def test_applied_before_trainable_tokens_the_wrapper_is_noised() -> None:
+    if "trainable_token_indices" not in peft.LoraConfig.__dataclass_fields__:
+        pytest.skip(f"peft {peft.__version__} has no trainable_token_indices (peft >= 0.15)")
     base = tiny_llama()
     handle = apply_neftune(base, ALPHA)
     config = peft.LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[1, 2])
@@ -186,6 +188,8 @@ def _assert_segments(noise: torch.Tensor, lengths: list[int], total: int) -> Non
 
 def test_trl_padding_free_pads_get_no_noise() -> None:
     inputs = _padding_free_batch(multiple=32)
+    if inputs["input_ids"].shape[1] == 19:
+        pytest.skip("this TRL's padding-free collator ignores pad_to_multiple_of: no pads to test")
     assert inputs["input_ids"].shape == (1, 32) and (inputs["position_ids"][0, 19:] == 0).all()
     model = tiny_llama()
     handle = apply_neftune(model, ALPHA, track_stats=True)
@@ -249,10 +253,15 @@ def test_the_log_line_gives_the_factor_to_port_alpha_on_scaled_embeddings(caplog
     from support_matrix import FAMILIES
 
     gemma = next(family for family in FAMILIES if family.name == "Gemma")
+    model = gemma.build()
     with caplog.at_level(logging.INFO, logger="neftune"):
-        apply_neftune(gemma.build(), ALPHA)
+        apply_neftune(model, ALPHA)
     (line,) = [record.getMessage() for record in caplog.records if "NEFTune active" in record.getMessage()]
-    assert "adds 8x the noise of transformers' hook" in line and "use alpha 0.625 for the same noise" in line
+    if getattr(model.get_input_embeddings(), "embed_scale", None) is None:
+        # transformers 4: Gemma scales outside the embedding module, after both hooks: the same noise, no factor
+        assert "transformers' hook" not in line
+    else:
+        assert "adds 8x the noise of transformers' hook" in line and "use alpha 0.625 for the same noise" in line
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="neftune"):
         apply_neftune(tiny_llama(), ALPHA)
