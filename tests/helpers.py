@@ -56,6 +56,44 @@ def capture_output(module: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def transformers_neftune_hook() -> Any:
+    """transformers' hook: in `transformers.integrations.neftune` from 5.2, in `trainer_utils` before."""
+    try:
+        from transformers.integrations.neftune import neftune_post_forward_hook
+    except ImportError:
+        from transformers.trainer_utils import neftune_post_forward_hook
+    return neftune_post_forward_hook
+
+
+def activate_transformers_neftune(model: nn.Module, alpha: float) -> Any:
+    """transformers' own NEFTune on `model` as its Trainer activates it; returns what `deactivate_...` takes."""
+    try:
+        from transformers.integrations.neftune import activate_neftune
+    except ImportError:  # transformers < 5.2: what `Trainer._activate_neftune` does
+        embeddings = model.get_input_embeddings()
+        embeddings.neftune_noise_alpha = alpha
+        return embeddings.register_forward_hook(transformers_neftune_hook())
+    return activate_neftune(model, alpha)
+
+
+def deactivate_transformers_neftune(model: nn.Module, handle: Any) -> None:
+    try:
+        from transformers.integrations.neftune import deactivate_neftune
+    except ImportError:
+        handle.remove()
+        del model.get_input_embeddings().neftune_noise_alpha
+        return
+    deactivate_neftune(model, handle)
+
+
+def enable_checkpointing(model: Any, use_reentrant: bool) -> None:
+    """transformers' activation checkpointing (`gradient_checkpointing_enable` before 5.x renamed it)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+
+
 def tiny_llama() -> nn.Module:
     from neftune.toy import tiny_llama as build
 

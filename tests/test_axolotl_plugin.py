@@ -41,6 +41,10 @@ def test_config_from_cfg() -> None:
     with pytest.raises(NEFTuneError, match="neftune_noise_alpha must be >= 0"):
         config_from_cfg({"neftune_noise_alpha": -1})
     assert NEFTunePlugin().get_input_args() == "neftune.integrations.axolotl.NEFTuneArgs"
+
+
+def test_the_schema_validates_the_options() -> None:
+    pytest.importorskip("pydantic")  # axolotl's dependency; older transformers do not bring it
     assert NEFTuneArgs(neftune_scaling="padded").neftune_scaling == "padded"
     with pytest.raises(ValueError, match="neftune_scaling"):
         NEFTuneArgs(neftune_scaling="per_row")

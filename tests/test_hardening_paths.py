@@ -55,6 +55,8 @@ def assert_row_bounds(noise: torch.Tensor, mask: torch.Tensor, alpha: float = AL
 
 
 def test_applied_before_trainable_tokens_the_wrapper_is_noised() -> None:
+    if "trainable_token_indices" not in peft.LoraConfig.__dataclass_fields__:
+        pytest.skip(f"peft {peft.__version__} has no trainable_token_indices (peft >= 0.15)")
     base = tiny_llama()
     handle = apply_neftune(base, ALPHA)
     config = peft.LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[1, 2])
@@ -186,6 +188,8 @@ def _assert_segments(noise: torch.Tensor, lengths: list[int], total: int) -> Non
 
 def test_trl_padding_free_pads_get_no_noise() -> None:
     inputs = _padding_free_batch(multiple=32)
+    if inputs["input_ids"].shape[1] == 19:
+        pytest.skip("this TRL's padding-free collator ignores pad_to_multiple_of: no pads to test")
     assert inputs["input_ids"].shape == (1, 32) and (inputs["position_ids"][0, 19:] == 0).all()
     model = tiny_llama()
     handle = apply_neftune(model, ALPHA, track_stats=True)
@@ -215,6 +219,22 @@ def test_llamafactory_style_packing_pads_get_no_noise() -> None:
     _assert_segments(noise, [10, 5], 20)
 
 
+@pytest.mark.parametrize("boundaries", ["position_ids", "cu_seq_lens_q"])
+def test_axolotl_style_pad_tail_with_restarting_positions_gets_no_noise(boundaries: str) -> None:
+    """axolotl's multipack collator pads with pad ids at positions 0, 1, 2, ... and no attention mask: the tail
+    looks like one more sequence (its own segment in cu_seq_lens_q too), but holds only pad ids."""
+    real = torch.randint(3, 128, (1, 14), generator=torch.Generator().manual_seed(4))
+    input_ids = torch.cat([real, torch.zeros(1, 6, dtype=torch.long)], dim=1)
+    position_ids = torch.cat([torch.arange(9), torch.arange(5), torch.arange(6)])[None]
+    layout = {"position_ids": position_ids}
+    if boundaries == "cu_seq_lens_q":
+        layout["cu_seq_lens_q"] = torch.tensor([0, 9, 14, 20], dtype=torch.int32)
+    model = tiny_llama()
+    apply_neftune(model, ALPHA)
+    noise = layer_input_noise(model, model.model.layers[0], input_ids=input_ids, **layout)
+    _assert_segments(noise, [9, 5], 20)
+
+
 def test_a_pad_id_inside_a_longer_sequence_stays_real() -> None:
     """pad = eos: the eos ending a packed sequence is a real token of that sequence."""
     ids = torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(3))
@@ -233,10 +253,15 @@ def test_the_log_line_gives_the_factor_to_port_alpha_on_scaled_embeddings(caplog
     from support_matrix import FAMILIES
 
     gemma = next(family for family in FAMILIES if family.name == "Gemma")
+    model = gemma.build()
     with caplog.at_level(logging.INFO, logger="neftune"):
-        apply_neftune(gemma.build(), ALPHA)
+        apply_neftune(model, ALPHA)
     (line,) = [record.getMessage() for record in caplog.records if "NEFTune active" in record.getMessage()]
-    assert "adds 8x the noise of transformers' hook" in line and "use alpha 0.625 for the same noise" in line
+    if getattr(model.get_input_embeddings(), "embed_scale", None) is None:
+        # transformers 4: Gemma scales outside the embedding module, after both hooks: the same noise, no factor
+        assert "transformers' hook" not in line
+    else:
+        assert "adds 8x the noise of transformers' hook" in line and "use alpha 0.625 for the same noise" in line
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="neftune"):
         apply_neftune(tiny_llama(), ALPHA)

@@ -183,10 +183,10 @@ def test_second_application_is_refused() -> None:
 
 
 def test_transformers_own_neftune_is_refused() -> None:
-    from transformers.integrations.neftune import neftune_post_forward_hook
+    from helpers import transformers_neftune_hook
 
     model = EmbeddingOnlyModel()
-    model.embed_tokens.register_forward_hook(neftune_post_forward_hook)
+    model.embed_tokens.register_forward_hook(transformers_neftune_hook())
     with pytest.raises(NEFTuneError, match="transformers' own NEFTune hook"):
         apply_neftune(model, 5.0)
     # The attribute without the hook is stale (transformers 4.x after a crash, unsloth): not a conflict.

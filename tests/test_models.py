@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import capture_output, padding_mask, tiny_gpt2, tiny_llama
+from helpers import capture_output, enable_checkpointing, padding_mask, tiny_gpt2, tiny_llama
 from reference import row_bounds
 
 from neftune import apply_neftune, is_neftune_active, remove_neftune
@@ -84,7 +84,13 @@ def test_lora_on_the_embedding_hooks_the_wrapper_so_the_delta_is_noised() -> Non
     assert not any(True for h in hooked.base_layer._forward_hooks.values())
 
 
+def needs_trainable_tokens() -> None:
+    if "trainable_token_indices" not in peft.LoraConfig.__dataclass_fields__:
+        pytest.skip(f"peft {peft.__version__} has no trainable_token_indices (peft >= 0.15)")
+
+
 def test_trainable_token_indices_hooks_the_wrapper() -> None:
+    needs_trainable_tokens()
     config = peft.LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[1, 2])
     model = peft.get_peft_model(tiny_llama(), config)
     handle = apply_neftune(model, ALPHA)
@@ -124,7 +130,7 @@ def test_modules_to_save_hooked_before_wrapping_noises_once_and_removes_the_copy
 @pytest.mark.parametrize("use_reentrant", [True, False])
 def test_gradient_checkpointing_with_enable_input_require_grads(use_reentrant: bool) -> None:
     base = tiny_llama()
-    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    enable_checkpointing(base, use_reentrant)
     base.enable_input_require_grads()
     model = peft.get_peft_model(base, lora_config())
     apply_neftune(model, ALPHA)

@@ -88,13 +88,20 @@ class RenamedWrapper(nn.Module):
         return result
 
 
+class Config(SimpleNamespace):
+    """Attributes like a HF config; `.get` too, which PEFT < 0.14 calls on it."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
+
+
 class Model(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: nn.Module | None, decoder_mask: bool) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.decoder_mask = decoder_mask
-        self.config = SimpleNamespace(pad_token_id=PAD)  # where neftune learns the pad id, as from a HF config
+        self.config = Config(pad_token_id=PAD)  # where neftune learns the pad id, as from a HF config
 
     def forward(
         self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor | None = None, **layout: Any

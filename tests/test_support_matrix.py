@@ -33,17 +33,17 @@ def _write_rows() -> Any:
 
 def transformers_hook_relative_noise(family: Family) -> list[float]:
     """The same measurement with transformers' own hook (`activate_neftune`), for comparison."""
+    from helpers import activate_transformers_neftune, deactivate_transformers_neftune
     from support_matrix import _capture
-    from transformers.integrations.neftune import activate_neftune, deactivate_neftune
 
     torch.manual_seed(0)
     model = family.build()
     inputs, text_masks = family_inputs(family)
     model.train()
-    handle = activate_neftune(model, ALPHA)
+    handle = activate_transformers_neftune(model, ALPHA)
     torch.manual_seed(1)
     noisy = _capture(model, family.capture, inputs)
-    deactivate_neftune(model, handle)
+    deactivate_transformers_neftune(model, handle)
     clean = _capture(model, family.capture, inputs)
     relative = []
     for noisy_point, clean_point, text in zip(noisy, clean, text_masks, strict=True):

@@ -147,7 +147,8 @@ def dpo_reference_and_policy(
     policy: list[torch.Tensor] = []
 
     def record(module: Any, args: Any, kwargs: Any, output: Any) -> None:
-        (policy if torch.is_grad_enabled() else reference).append(output.log_probs.detach().clone())
+        value = output.log_probs if hasattr(output, "log_probs") else output.logits  # TRL < 1: plain logits
+        (policy if torch.is_grad_enabled() else reference).append(value.detach().clone())
 
     trainer.model.register_forward_hook(record, with_kwargs=True)
     torch.manual_seed(0)
@@ -244,16 +245,23 @@ def test_other_trl_trainers(tokenizer: Any, tmp_path: Path, build: Any, clean_no
     """KTO (LoRA policy as its own reference), reward modelling, GRPO (generation under no_grad) and ORPO."""
     callback = NEFTuneCallback(5.0)
     seen: list[Any] = []
+    forwards: list[int] = []  # training forwards with autograd, per step (TRL < 1 runs reward pairs as two)
 
     class Probe(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             seen.append(callback.handle.counts)
+            forwards.append(len(calls) - sum(forwards))
 
+    calls: list[int] = []
     trainer = build(tokenizer, str(tmp_path), callback)
+    trainer.model.register_forward_hook(
+        lambda module, args, output: calls.append(1) if module.training and torch.is_grad_enabled() else None
+    )
     trainer.add_callback(Probe())
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "neftune/noised_calls" in entry]
-    assert [entry["neftune/noised_calls"] for entry in logs] == [1.0, 1.0]  # every training forward, once
+    assert len(logs) == 2 and all(count >= 1 for count in forwards)
+    assert [entry["neftune/noised_calls"] for entry in logs] == forwards  # every training forward, once
     assert not is_neftune_active(trainer.model)
     if clean_no_grad_forwards:  # reference log-probs (KTO) and generation (GRPO) ran without noise
         assert seen[-1].no_grad > 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import padding_mask, tiny_llama
+from helpers import padding_mask, tiny_llama, transformers_neftune_hook
 
 from neftune import NEFTuneConfig, apply_neftune
 
-transformers_neftune = pytest.importorskip("transformers.integrations.neftune")
+pytest.importorskip("transformers")
 
 
 def first_layer_input(model: torch.nn.Module, seed: int, **inputs: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def test_padded_mode_matches_transformers_hook(dtype: torch.dtype, alpha: float)
 
     embedding = model.get_input_embeddings()
     embedding.neftune_noise_alpha = alpha
-    hf_handle = embedding.register_forward_hook(transformers_neftune.neftune_post_forward_hook)
+    hf_handle = embedding.register_forward_hook(transformers_neftune_hook())
     expected = first_layer_input(model, 11, **inputs)
     hf_handle.remove()
     del embedding.neftune_noise_alpha

@@ -201,6 +201,14 @@ def test_neftune_run_needs_a_target_after_the_separator(tmp_path: Path) -> None:
         assert "Traceback" not in completed.stderr
 
 
+def test_neftune_run_help_needs_no_separator() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "neftune", "run", "--help"], capture_output=True, text=True, env=env
+    )
+    assert completed.returncode == 0 and completed.stdout.startswith("usage: neftune run [--alpha A]")
+
+
 def test_patch_transformers_refuses_a_bad_on_silent() -> None:
     with pytest.raises(neftune.NEFTuneError, match="on_silent"):
         neftune.patch_transformers(on_silent="loud")

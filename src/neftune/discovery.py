@@ -13,7 +13,8 @@ FilterFn = Callable[[nn.Module, str], bool]
 
 # PEFT classes that wrap one layer and call it from their forward (LoRA/DoRA layers, modules_to_save,
 # trainable tokens). Matched by name so the torch-only core never imports peft.
-_PEFT_LAYER_WRAPPER_BASES = frozenset({"BaseTunerLayer", "AuxiliaryTrainingWrapper"})
+# ModulesToSaveWrapper: PEFT < 0.15 derives it from nn.Module directly (later from AuxiliaryTrainingWrapper).
+_PEFT_LAYER_WRAPPER_BASES = frozenset({"BaseTunerLayer", "AuxiliaryTrainingWrapper", "ModulesToSaveWrapper"})
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -57,8 +57,8 @@ def _lengths_from_cu_seqlens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token length of its segment and the real-token mask, from cumulative boundaries over the flattened batch.
 
-    Tokens outside every segment are not real; nor is a pad-id token that forms a segment on its own (see
-    `_pads_alone`). The length counts only real tokens, like the position-id route.
+    Tokens outside every segment are not real; nor is a segment made only of pad-id tokens (see
+    `token_magnitudes`). The length counts only real tokens, like the position-id route.
     """
     bounds = cu_seqlens.to(torch.int64).flatten()
     token_index = torch.arange(batch * seq_len, device=bounds.device)
@@ -69,8 +69,11 @@ def _lengths_from_cu_seqlens(
     inside = (token_index < bounds[-1]).to(torch.float32).view(batch, seq_len)
     real = inside if real is None else real * inside
     if pads is not None:
-        alone = segment_lengths.gather(0, segment).view(batch, seq_len) == 1
-        real = real * ~(alone & (pads > 0))
+        pad_counts = torch.zeros_like(segment_lengths).scatter_add_(
+            0, segment, (pads > 0).flatten() * inside.flatten()
+        )
+        only_pads = pad_counts == segment_lengths
+        real = real * ~only_pads.gather(0, segment).view(batch, seq_len)
     counts = torch.zeros(max(segment_lengths.numel(), 1), dtype=torch.float32, device=real.device)
     counts.scatter_add_(0, segment, real.flatten())
     return counts.gather(0, segment).view(batch, seq_len), real
@@ -87,8 +90,8 @@ def _lengths_from_position_ids(
     if pads is not None:
         members = torch.zeros(real.shape[0], real.shape[1] + 1, dtype=torch.float32, device=real.device)
         members.scatter_add_(1, segment, torch.ones_like(real))
-        alone = members.gather(1, segment) == 1
-        real = real * ~(alone & (pads > 0))
+        pad_members = torch.zeros_like(members).scatter_add_(1, segment, (pads > 0).to(torch.float32))
+        real = real * ~(pad_members == members).gather(1, segment)
     counts = torch.zeros(real.shape[0], real.shape[1] + 1, dtype=torch.float32, device=real.device)
     counts.scatter_add_(1, segment, real)
     return counts.gather(1, segment), real
@@ -121,8 +124,9 @@ def token_magnitudes(
 
     `pads` (batch, seq_len) is 1 where the token id is the pad token's. Packing and padding-free collators that
     pad with restarting positions (TRL's `pad_to_multiple_of`, LLaMA-Factory's packing: position id 0, mask 1)
-    make every pad a segment of its own; a pad-id token alone in its segment is padding, not a 1-token
-    sequence, so it gets no noise and counts nowhere. A pad id inside a longer segment (pad = eos) stays real.
+    make every pad a segment of its own, and axolotl's multipack collator gives its pad tail restarting positions
+    0, 1, 2, ... without a mask: a segment made only of pad-id tokens is padding, not a sequence, so it gets no
+    noise and counts nowhere. A pad id inside a segment with other tokens (pad = eos) stays real.
     """
     real = _real_token_mask(layout.attention_mask, batch, seq_len)
     if eligible is not None:

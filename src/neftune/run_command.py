@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def split_target(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """(neftune's own arguments, the target and its arguments), split at the first `--`."""
     argv = list(argv)
+    if "--" not in argv and ("-h" in argv or "--help" in argv):
+        build_parser().parse_args(["--help"])  # prints the help and exits 0
     if "--" not in argv:
         _usage_error("put the target after --, e.g. neftune run --alpha 5 -- train.py --lr 2e-5")
     index = argv.index("--")

@@ -41,7 +41,15 @@ def tiny_tokenizer(vocab_size: int = 160, corpus: list[str] | None = None) -> An
         show_progress=False,  # its bars print blank lines to stdout
     )
     tokenizer.train_from_iterator(corpus if corpus is not None else [f"{p} {c}" for p, c in TEXTS], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")  # type: ignore[no-untyped-call]
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        model_input_names=[
+            "input_ids",
+            "attention_mask",
+        ],  # transformers 4 added token_type_ids; generate refuses them
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
