@@ -72,8 +72,11 @@ def _from_config(config_name: str, model_name: str, **kwargs: Any) -> Callable[[
 def _qwen2_vl() -> nn.Module:
     import transformers
 
+    text = {**_DECODER_ONLY, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}}
+    # transformers < 4.52 keeps the text options at the top level (no text_config sub-config)
+    nested = "text_config" in getattr(transformers.Qwen2VLConfig, "sub_configs", {})
     config = transformers.Qwen2VLConfig(
-        text_config={**_DECODER_ONLY, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+        **({"text_config": text} if nested else text),
         vision_config={
             "depth": 1,
             "embed_dim": 32,
@@ -280,6 +283,14 @@ def family_inputs(family: Family) -> tuple[dict[str, torch.Tensor], list[torch.T
     return inputs, text
 
 
+def _submodule(model: nn.Module, path: str) -> nn.Module:
+    """`path` in the transformers 5 layout; VLMs before 4.52 had no `language_model` level."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return model.get_submodule(path.replace("language_model.", ""))
+
+
 def _capture(model: nn.Module, paths: list[str], inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
     handles = []
@@ -289,7 +300,7 @@ def _capture(model: nn.Module, paths: list[str], inputs: dict[str, torch.Tensor]
             hidden = args[0] if args else kwargs["hidden_states"]
             seen.setdefault(path, hidden.detach().clone())
 
-        handles.append(model.get_submodule(path).register_forward_pre_hook(record, with_kwargs=True))
+        handles.append(_submodule(model, path).register_forward_pre_hook(record, with_kwargs=True))
     with torch.no_grad():
         model(**inputs)
     for handle in handles:

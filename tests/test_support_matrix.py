@@ -31,6 +31,13 @@ def _write_rows() -> Any:
         Path(target).write_text(json.dumps(ROWS, indent=1))
 
 
+def stacks_call_shared(family: Family) -> bool:
+    """transformers 4: an encoder-decoder's `encoder.embed_tokens` is the `shared` module itself (one hook)."""
+    model = family.build()
+    shared = getattr(model, "shared", None)
+    return shared is not None and getattr(model.encoder, "embed_tokens", None) is shared
+
+
 def transformers_hook_relative_noise(family: Family) -> list[float]:
     """The same measurement with transformers' own hook (`activate_neftune`), for comparison."""
     from helpers import activate_transformers_neftune, deactivate_transformers_neftune
@@ -65,7 +72,7 @@ def test_family(family: Family) -> None:
         # P(max |U| < 0.97) < 1e-5): the noise fires once, at the intended scale, with the right L
         assert high <= 1.0 + 1e-4
         assert low >= 0.97
-    expected_hooks = 2 if family.encoder_decoder else 1
+    expected_hooks = 2 if family.encoder_decoder and not stacks_call_shared(family) else 1
     assert len(row.hooked) == expected_hooks
     ROWS.append({**dataclasses.asdict(row), "transformers_relative_noise": transformers_hook_relative_noise(family)})
 
@@ -81,6 +88,8 @@ def test_alpha_means_the_same_with_scaled_embeddings() -> None:
 def test_transformers_hook_is_a_no_op_on_t5_and_weaker_on_gemma() -> None:
     """What the support matrix compares against (REFERENCE.md section 2), measured."""
     by_name = {f.name: f for f in FAMILIES}
+    if stacks_call_shared(by_name["T5"]):
+        pytest.skip("transformers 4: T5's stacks call `shared` and Gemma scales outside the module; no gap to measure")
     assert transformers_hook_relative_noise(by_name["T5"]) == [0.0, 0.0]
     llama = transformers_hook_relative_noise(by_name["Llama"])[0]
     assert transformers_hook_relative_noise(by_name["Gemma"])[0] == pytest.approx(llama / HIDDEN**0.5, rel=1e-2)
@@ -90,7 +99,7 @@ def test_transformers_hook_is_a_no_op_on_t5_and_weaker_on_gemma() -> None:
 def test_decoder_inputs_can_be_left_clean(name: str) -> None:
     family = next(f for f in FAMILIES if f.name == name)
     row = measure(family, noise_decoder_inputs=False)
-    assert len(row.hooked) == 1 and "encoder" in row.hooked[0]
+    assert len(row.hooked) == 1 and ("encoder" in row.hooked[0] or stacks_call_shared(family))
     assert row.min_over_bound[0] >= 0.97
     assert row.relative_noise[1] == 0.0
 
@@ -106,7 +115,9 @@ def test_one_embedding_shared_by_encoder_and_decoder(noise_decoder_inputs: bool)
     from support_matrix import _capture
 
     handle = apply_neftune(model, NEFTuneConfig(alpha=ALPHA, noise_decoder_inputs=noise_decoder_inputs))
-    assert handle.module_names == ("encoder.embed_tokens",)
+    assert handle.module_names == (
+        ("shared",) if model.shared is model.encoder.embed_tokens else ("encoder.embed_tokens",)
+    )
     model.train()
     noisy = _capture(model, family.capture, inputs)
     with disable_noise(model):
