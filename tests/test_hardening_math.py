@@ -285,3 +285,16 @@ def test_frames_of_an_interrupted_forward_never_reach_a_later_one(interrupt: typ
     with torch.no_grad():
         noise = model.inner(ids.clone()).double()
     assert (noise.abs().amax(-1) > 0).all()
+
+
+def test_a_recompute_whose_replay_was_evicted_warns() -> None:
+    from neftune.replay import MAX_REPLAYS
+
+    model = CheckpointedNet("non_reentrant")
+    apply_neftune(model, NEFTuneConfig(alpha=ALPHA, seed=3))
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 32, (2, 6), generator=generator) for _ in range(MAX_REPLAYS + 1)]
+    losses = [model(ids) for ids in batches]  # the first forward's replay is pushed out by the 17th
+    with pytest.warns(RuntimeWarning, match=rf"more than {MAX_REPLAYS} noised forwards ran before their backward"):
+        losses[0].backward()

@@ -12,7 +12,7 @@ from .errors import NEFTuneError
 from .kernels import draw_seed, fused_noise_add, use_triton
 from .layout import scalar_magnitude, token_magnitudes
 from .noise import UNIT_VARIANCE, draw_unit_noise
-from .replay import DrawPlan, Replay, default_generator, ids_key, in_backward
+from .replay import MAX_REPLAYS, DrawPlan, Replay, default_generator, ids_key, in_backward
 from .state import EVAL_MODE, NO_GRAD, NOISED, SCHEDULED_OFF, SUSPENDED, NoiseState
 from .stats import StatsAccumulator
 
@@ -95,6 +95,8 @@ class NoiseHook:
             return None
         if in_backward():  # activation checkpointing recomputes this forward: add what the forward added
             replay = state.replays.take(id(self), ids_key(args))
+            if replay is None and state.replays.evicted:
+                self._warn_replay_evicted()
             return None if replay is None else self._replay(replay, output)
         if not state.enabled:
             state.count(SUSPENDED)
@@ -250,6 +252,19 @@ class NoiseHook:
         elif scale is not None:
             magnitude = magnitude * scale
         return magnitude
+
+    def _warn_replay_evicted(self) -> None:
+        if self.state.warned_replay_evicted:
+            return
+        self.state.warned_replay_evicted = True
+        warnings.warn(
+            f"NEFTune on '{self.module_name}': an activation-checkpoint recompute found no record of its forward's "
+            f"noise, because more than {MAX_REPLAYS} noised forwards ran before their backward; this recompute adds "
+            "none, so its gradients differ from the forward's. Call handle.set_step(step) every optimizer step, or "
+            "run backward before that many forwards pile up.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def _warn_unmatched(self, layout: Any, batched: torch.Tensor) -> None:
         if self.state.warned_unmatched_layout:

@@ -73,8 +73,11 @@ class ReplayStore:
 
     def __init__(self) -> None:
         self._replays: deque[Replay] = deque(maxlen=MAX_REPLAYS)
+        self.evicted = 0  # replays pushed out by newer ones since the last clear: a recompute may miss its own
 
     def add(self, replay: Replay) -> None:
+        if len(self._replays) == MAX_REPLAYS:
+            self.evicted += 1
         self._replays.append(replay)
 
     def take(self, owner: int, key: tuple[int, tuple[int, ...]]) -> Replay | None:
@@ -87,6 +90,7 @@ class ReplayStore:
 
     def clear(self) -> None:
         self._replays.clear()
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._replays)

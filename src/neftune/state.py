@@ -56,6 +56,7 @@ class NoiseState:
         self.skip_no_grad = skip_no_grad
         self.stats = StatsAccumulator() if track_stats else None
         self.warned_unmatched_layout = False
+        self.warned_replay_evicted = False
         # Tallies live in a tensor, not Python ints: torch.compile guards on int values and would recompile on
         # every call. In-place adds on a small CPU tensor cost no device sync.
         self.tally = torch.zeros(5, dtype=torch.int64)
