@@ -309,7 +309,7 @@ def _capture(model: nn.Module, paths: list[str], inputs: dict[str, torch.Tensor]
 
 
 def _our_hooks_left(model: nn.Module) -> int:
-    from neftune.registry import _stack_of
+    from neftune.installed_hooks import _stack_of
 
     return sum(
         1

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("trl")
 pytest.importorskip("rouge_score")
-from neftune import cli
-from neftune.cli_support import show_neftune_log
+from neftune.cli import commands as cli
+from neftune.cli.support import show_neftune_log
 from neftune.sweep import runner as sweep_runner
 
 
@@ -180,7 +180,7 @@ def test_the_activation_line_shows_once_at_the_default_level(capsys: pytest.Capt
 
 
 def test_real_process_exit_status_and_no_traceback(tmp_path: Path) -> None:
-    source = str(Path(cli.__file__).resolve().parents[1])  # this checkout's neftune, whatever is installed
+    source = str(Path(cli.__file__).resolve().parents[2])  # this checkout's neftune, whatever is installed
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join([source, env.get("PYTHONPATH", "")])
     env.pop("NEFTUNE_DEBUG", None)

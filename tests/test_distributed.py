@@ -121,7 +121,7 @@ def test_context_and_sequence_parallelism_are_refused(cp: int, sp: int, refused:
     from types import SimpleNamespace
 
     from neftune import NEFTuneConfig, NEFTuneError
-    from neftune.callback import _refuse_split_sequences
+    from neftune.integrations.callback import _refuse_split_sequences
 
     args = SimpleNamespace(parallelism_config=SimpleNamespace(cp_size=cp, sp_size=sp))
     if refused:

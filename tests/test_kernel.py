@@ -388,14 +388,14 @@ def test_seed_is_drawn_from_the_given_generator() -> None:
 
 
 def test_cli_and_sft_config_carry_the_kernel() -> None:
-    from neftune.cli import build_parser, config_from_arguments
+    from neftune.cli.commands import build_parser, config_from_arguments
 
     assert config_from_arguments(build_parser().parse_args(["demo", "--kernel", "torch"])).kernel == "torch"
     assert config_from_arguments(build_parser().parse_args(["demo"])).kernel == "auto"
     pytest.importorskip("trl")
     from types import SimpleNamespace
 
-    from neftune.trl import neftune_config_from_args
+    from neftune.integrations.sft_trainer import neftune_config_from_args
 
     assert neftune_config_from_args(SimpleNamespace(neftune_kernel="triton")).kernel == "triton"
     with pytest.raises(NEFTuneError, match="neftune_kernel must be one of"):

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
 from neftune import NEFTuneCallback, NEFTuneError, apply_neftune, is_neftune_active
-from neftune.registry import noise_hooks
+from neftune.installed_hooks import noise_hooks
 from neftune.toy import cpu_training_kwargs, language_modeling_dataset, preference_dataset, tiny_llama_for
 
 

@@ -16,8 +16,8 @@ from transformers import HfArgumentParser, TrainerCallback
 
 import neftune
 from neftune import NEFTuneError, SFTConfig, SFTTrainer, is_neftune_active
-from neftune.clean_loss import CleanLossProbe
-from neftune.registry import noise_hooks
+from neftune.installed_hooks import noise_hooks
+from neftune.integrations.clean_loss import CleanLossProbe
 from neftune.toy import conversational_dataset, cpu_training_kwargs, prompt_completion_dataset, tiny_llama_for
 
 HIDDEN = 32

@@ -16,8 +16,8 @@ from .integrations.transformers_patch import TransformersPatch, patch_transforme
 from .stats import NoiseStats
 
 if TYPE_CHECKING:
-    from .callback import NEFTuneCallback
-    from .trl import NEFTuneSFTConfig, NEFTuneSFTTrainer, SFTConfig, SFTTrainer
+    from .integrations.callback import NEFTuneCallback
+    from .integrations.sft_trainer import NEFTuneSFTConfig, NEFTuneSFTTrainer, SFTConfig, SFTTrainer
 
 __all__ = [
     "NEFTuneCallback",

@@ -7,11 +7,11 @@ from typing import Any
 
 # public name -> (module that defines it, extra that provides its dependencies)
 LAZY_NAMES: dict[str, tuple[str, str]] = {
-    "NEFTuneCallback": ("neftune.callback", "transformers"),
-    "NEFTuneSFTConfig": ("neftune.trl", "trl"),
-    "NEFTuneSFTTrainer": ("neftune.trl", "trl"),
-    "SFTConfig": ("neftune.trl", "trl"),
-    "SFTTrainer": ("neftune.trl", "trl"),
+    "NEFTuneCallback": ("neftune.integrations.callback", "transformers"),
+    "NEFTuneSFTConfig": ("neftune.integrations.sft_trainer", "trl"),
+    "NEFTuneSFTTrainer": ("neftune.integrations.sft_trainer", "trl"),
+    "SFTConfig": ("neftune.integrations.sft_trainer", "trl"),
+    "SFTTrainer": ("neftune.integrations.sft_trainer", "trl"),
 }
 
 

@@ -26,7 +26,7 @@ from .discovery import (
 )
 from .errors import NEFTuneError
 from .hook import NoiseHook, _embed_scale
-from .registry import noise_hooks, noise_states, remove_hooks
+from .installed_hooks import noise_hooks, noise_states, remove_hooks
 from .state import CallCounts, NoiseState
 from .stats import NoiseStats
 from .target_watch import TargetWatch

@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from neftune import NEFTuneCallback, NEFTuneConfig, apply_neftune, disable_noise, is_neftune_active
-from neftune.registry import noise_hooks
+from neftune.installed_hooks import noise_hooks
 from neftune.toy import (
     cpu_training_kwargs,
     language_modeling_dataset,

@@ -78,7 +78,7 @@ class NEFTunePlugin(_PluginBase):  # type: ignore[misc]
         return "neftune.integrations.axolotl.NEFTuneArgs"
 
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
-        from ..callback import NEFTuneCallback
+        from .callback import NEFTuneCallback
 
         config = config_from_cfg(cfg)
         if config is None:

@@ -140,7 +140,7 @@ def config_for(trainer: Any, settings: PatchSettings) -> NEFTuneConfig | None:
 def _patched(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def train(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from ..callback import NEFTuneCallback
+        from .callback import NEFTuneCallback
 
         settings = _active.settings if _active is not None else None
         handler = getattr(self, "callback_handler", None)

@@ -400,7 +400,12 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict[str, Any]:
         (out / CONFIG_NAME).write_text(json.dumps(config.signature(), indent=1))
     tokenizer = data.tokenizer
     cells = config.cells()
-    todo = [cell for cell in cells if not cell_path(out, _name(cell)).exists()]
+    # Run seed by seed, so a sweep stopped part-way (--time-budget, an interrupt) holds complete seeds and its
+    # comparisons stay paired; results are still reported in the configuration order of `cells()`.
+    todo = sorted(
+        (cell for cell in cells if not cell_path(out, _name(cell)).exists()),
+        key=lambda cell: config.seeds.index(cell[3]),
+    )
     _write_data(out, tokenizer, train, heldout, config, data.prompt_format)
     if progress and not sys.stderr.isatty():
         from datasets.utils.logging import disable_progress_bar

@@ -10,7 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .cli_support import (
+from ..config import SCALINGS, NEFTuneConfig
+from ..kernels import KERNELS
+from ..noise import NOISE_KINDS
+from ..schedule import SCHEDULES
+from .support import (
     OneLineParser,
     comma_separated,
     debug_requested,
@@ -18,10 +22,6 @@ from .cli_support import (
     run_guarded,
     version_text,
 )
-from .config import SCALINGS, NEFTuneConfig
-from .kernels import KERNELS
-from .noise import NOISE_KINDS
-from .schedule import SCHEDULES
 
 # The modules each command imports, checked before it does any work, and the extra that brings them.
 _TRAINING = ("transformers", "tokenizers", "trl", "datasets", "accelerate", "peft")
@@ -114,8 +114,8 @@ def _words(text: str) -> tuple[str, ...]:
 
 
 def add_sweep_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from .sweep.data import PROMPT_FORMATS
-    from .sweep.runner import SweepConfig
+    from ..sweep.data import PROMPT_FORMATS
+    from ..sweep.runner import SweepConfig
 
     defaults = SweepConfig()
     sweep = commands.add_parser(
@@ -199,7 +199,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     model = None if args.model == TOY_MODEL else args.model
     gguf = ("gguf",) if model and model.endswith(".gguf") else ()
     require_command_extras("sweep", gguf)
-    from .sweep import SweepConfig, run_sweep
+    from ..sweep import SweepConfig, run_sweep
 
     steps = args.steps if args.steps is not None else (None if args.epochs else SweepConfig().steps)
     config = SweepConfig(
@@ -237,7 +237,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 def run_report_command(args: argparse.Namespace) -> int:
     require_command_extras("report")
-    from .sweep import rebuild_report
+    from ..sweep import rebuild_report
 
     summary = rebuild_report(args.directory)
     print(f"wrote {args.directory}/results.json, report.md and metrics.png ({len(summary['cells'])} cells)")

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from .cli_support import CLIError, require_modules, show_neftune_log
-from .sweep.data import PROMPT_FORMATS
-from .trl import SFTConfig
+from ..integrations.sft_trainer import SFTConfig
+from ..sweep.data import PROMPT_FORMATS
+from .support import CLIError, require_modules, show_neftune_log
 
 PROG = "neftune sft"
 USAGE = (
@@ -120,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     require_modules(PROG, modules, ["trl", *(["peft"] if run.lora else []), *(["eval"] if "gguf" in modules else [])])
     from datasets import Dataset
 
-    from .sweep.models import load_model, load_run_data
-    from .trl import SFTTrainer
+    from ..integrations.sft_trainer import SFTTrainer
+    from ..sweep.models import load_model, load_run_data
 
     show_neftune_log()
     data = load_run_data(model_name, run.dataset, run.prompt_format)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import disable_noise
-from .errors import NEFTuneError
+from ..apply import disable_noise
+from ..errors import NEFTuneError
 
 Batch = Mapping[str, Any]
 

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .errors import NEFTuneError
+from ..errors import NEFTuneError
 
 DEBUG_ENV = "NEFTUNE_DEBUG"
 EXIT_USAGE = 2  # argparse's status for a usage error; every CLI error uses it
@@ -144,7 +144,7 @@ def version_text() -> str:
     """`neftune 0.1.0 (torch 2.13.0, transformers 5.24.0, trl 1.16.0)`: what a bug report needs."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from ._version import __version__
+    from .._version import __version__
 
     found = []
     for name in ("torch", "transformers", "trl", "peft"):

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .config import NEFTuneConfig
+from ..config import NEFTuneConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_noise_arguments
+    from .commands import add_noise_arguments
 
     parser = argparse.ArgumentParser(
         prog="neftune run",
@@ -62,7 +62,7 @@ def _usage_error(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str]) -> int:
-    from .integrations.transformers_patch import patch_transformers, unpatch_transformers
+    from ..integrations.transformers_patch import patch_transformers, unpatch_transformers
 
     own, target = split_target(argv)
     options = build_parser().parse_args(own)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .apply import apply_neftune, disable_noise
-from .config import NEFTuneConfig
-from .toy import tiny_llama
+from ..apply import apply_neftune, disable_noise
+from ..config import NEFTuneConfig
+from ..toy import tiny_llama
 
 _ALPHABET = string.digits + string.ascii_letters + " +-=?.:\n"
 _PAD, _EOS = 0, 1
