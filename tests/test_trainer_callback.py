@@ -46,7 +46,8 @@ def test_callback_on_plain_trainer_logs_everywhere(tokenizer: Any, tmp_path: Pat
 
     counter = HookCounter()
     callback = NEFTuneCallback(5.0, clean_loss_steps=2, clean_loss_samples=8)
-    trainer = plain_trainer(tokenizer, tmp_path, [Reporter(), callback, counter])
+    trainer = plain_trainer(tokenizer, tmp_path, [Reporter(), counter])
+    callback.attach(trainer)  # the public route ahead of callbacks registered before it
     trainer.train()
     assert counter.counts == [1] * 6
     assert not is_neftune_active(trainer.model)

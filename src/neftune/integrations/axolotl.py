@@ -87,11 +87,9 @@ class NEFTunePlugin(_PluginBase):  # type: ignore[misc]
         trainer.neftune_noise_alpha = None  # transformers' hook is never registered
         clean_loss_steps = _option(cfg, "neftune_clean_loss_steps")
         log_stats = _option(cfg, "neftune_log_stats")
-        trainer.add_callback(
-            NEFTuneCallback(
-                config, clean_loss_steps=clean_loss_steps, log_stats=True if log_stats is None else log_stats
-            )
-        )
+        NEFTuneCallback(
+            config, clean_loss_steps=clean_loss_steps, log_stats=True if log_stats is None else log_stats
+        ).attach(trainer)  # ahead of the reporting callbacks, which read its entries in `logs`
         logger.info(
             "neftune axolotl plugin: %s gets neftune's NEFTune (alpha %s, %s) in place of transformers' hook",
             type(trainer).__name__,

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
-import logging
-import warnings
-from typing import Any, Literal
+from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -13,12 +10,8 @@ from ..apply import NEFTuneHandle, apply_neftune
 from ..config import NEFTuneConfig, as_config, validate_count, validate_flag
 from ..discovery import FilterFn
 from ..errors import NEFTuneError
-from ..state import CallCounts
+from ..monitor import ON_SILENT, NoiseMonitor, OnSilent
 from .clean_loss import CleanLossProbe
-
-logger = logging.getLogger("neftune")
-
-OnSilent = Literal["raise", "warn"]
 
 
 def _refuse_split_sequences(args: TrainingArguments, config: NEFTuneConfig) -> None:
@@ -40,7 +33,14 @@ class NEFTuneCallback(TrainerCallback):
     At every logging step it adds `neftune/alpha`, `neftune/noise_rms`, `neftune/embed_rms`,
     `neftune/noise_to_signal` and `neftune/noised_calls` to the Trainer's logs (so to `state.log_history`, the
     console, TensorBoard and W&B), and `neftune/clean_train_loss` when asked. Forwards without autograd
-    (reference log-probs of DPO/KTO with a PEFT policy, rollouts, metric passes) get no noise.
+    (reference log-probs of DPO/KTO with a PEFT policy, rollouts, metric passes) get no noise. Progress, the
+    metrics and the no-silent-no-op check are a `NoiseMonitor`'s (neftune.monitor), shared with custom loops.
+
+    Its position: transformers calls callbacks in list order, and `Trainer(callbacks=[...])` puts them after the
+    reporting integrations that `report_to` enables (none by default), so those would log a step without the
+    `neftune/...` entries; `state.log_history` and the console (added after user callbacks) have them either
+    way. `NEFTuneCallback(5.0).attach(trainer)` puts it first through the Trainer's public API; neftune's
+    `SFTTrainer`, `patch_transformers` and the axolotl plugin do that for you.
 
     A callback cannot see an exception raised by `train()`: a later `on_train_begin` replaces the hooks left by a
     failed run. For an exception-safe plain `Trainer`, use the handle instead:
@@ -84,7 +84,7 @@ class NEFTuneCallback(TrainerCallback):
             validate_count(clean_loss_steps, name="clean_loss_steps", example=50, none_ok=True)
         validate_count(clean_loss_samples, name="clean_loss_samples", example=16)
         validate_flag(log_stats, name="log_stats")
-        if on_silent not in ("raise", "warn"):
+        if on_silent not in ON_SILENT:
             raise NEFTuneError(f"on_silent must be 'raise' or 'warn', got {on_silent!r}.")
         self.clean_loss_steps = clean_loss_steps
         self.clean_loss_samples = clean_loss_samples
@@ -92,17 +92,34 @@ class NEFTuneCallback(TrainerCallback):
         self.on_silent = on_silent
         self.handle: NEFTuneHandle | None = None
         self._probe: CleanLossProbe | None = None
+        self.monitor: NoiseMonitor | None = None
         self._pending: dict[str, float] = {}
-        self._last_step = 0
-        self._last_counts = CallCounts()
 
     def release(self) -> None:
         """Remove the hooks of this callback's current application, if any (idempotent)."""
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
+        self.monitor = None
         self._probe = None
         self._pending = {}
+
+    def attach(self, trainer: Any) -> NEFTuneCallback:
+        """Add this callback to `trainer` ahead of every callback it already has, through its public API.
+
+        transformers calls callbacks in list order, and `Trainer(callbacks=[...])` puts user callbacks after the
+        reporting integrations of `report_to` (TensorBoard, W&B, ...), which read `logs` in their own `on_log`.
+        Attached first, this callback's entries are in `logs` before any of them runs. Idempotent.
+
+        Returns:
+            `NEFTuneCallback`: this callback, so `NEFTuneCallback(5.0).attach(trainer)` reads as one line.
+        """
+        trainer.pop_callback(self)
+        others = [trainer.pop_callback(callback) for callback in list(trainer.callback_handler.callbacks)]
+        trainer.add_callback(self)
+        for callback in others:
+            trainer.add_callback(callback)
+        return self
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -112,14 +129,11 @@ class NEFTuneCallback(TrainerCallback):
         if model is None:
             raise NEFTuneError("NEFTuneCallback.on_train_begin received no model; it needs a transformers Trainer.")
         _refuse_split_sequences(args, self.config)
-        self._run_first_on_log()
         self.handle = apply_neftune(
             model, self.config, filter_fn=self.filter_fn, skip_no_grad=True, track_stats=self.log_stats
         )
-        self._advance(state)
-        self._last_step = state.global_step
-        self._last_counts = self.handle.counts
-        self.handle.read_stats()  # start the interval now
+        self.monitor = NoiseMonitor(self.handle, log_stats=self.log_stats, on_silent=self.on_silent)
+        self.monitor.start(state.global_step, state.max_steps)
         if self.clean_loss_steps is not None:
             dataloader = kwargs.get("train_dataloader")
             if dataloader is None:
@@ -131,14 +145,8 @@ class NEFTuneCallback(TrainerCallback):
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._advance(state)
-
-    def _advance(self, state: TrainerState) -> None:
-        """Schedule progress and the seeded noise stream follow the optimizer step about to run."""
-        if self.handle is not None and self.handle.active:
-            total = state.max_steps or 0
-            self.handle.set_progress(min(state.global_step / total, 1.0) if total > 0 else 0.0)
-            self.handle.set_step(state.global_step)
+        if self.monitor is not None:
+            self.monitor.advance(state.global_step, state.max_steps)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -148,21 +156,26 @@ class NEFTuneCallback(TrainerCallback):
             control.should_log = True  # log this step so the clean loss sits beside the noisy training loss
         return control
 
+    def log_entries(self, state: TrainerState) -> dict[str, float]:
+        """This step's `neftune/...` entries, once: empty when no training step ran since they were last taken.
+
+        A trainer that owns the callback (neftune's `SFTTrainer`) calls it in its `log()` override, before
+        `Trainer.log` copies `logs` into `state.log_history` and calls the reporting callbacks.
+        """
+        if self.monitor is None or not self.monitor.has_new_steps(state.global_step):
+            return {}
+        entries, self._pending = self._pending, {}
+        entries.update(self.monitor.log_entries(state.global_step))
+        return entries
+
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        """For trainers that do not call `log_entries` themselves: add the entries to `logs` and the history."""
         logs = kwargs.get("logs")
-        if self.handle is None or logs is None or state.global_step == self._last_step:
-            return  # not training, or no training step since the last log (an eval or the final summary)
-        entries = dict(self._pending)
-        self._pending = {}
-        if self.handle.active:
-            stats = self.handle.read_stats()
-            self._check_noise_fired(state.global_step - self._last_step)
-            entries.update(stats.as_log() if self.log_stats else {"neftune/alpha": stats.alpha})  # alpha in force
-            if not self.log_stats:
-                entries["neftune/noised_calls"] = float(stats.noised_calls)
-        self._last_step = state.global_step
-        logs.update(entries)
-        # Trainer.log appended a copy of `logs` to the history before calling on_log.
+        entries = self.log_entries(state) if logs is not None else {}
+        if logs is None or not entries:
+            return  # not training, no training step since the last log, or the trainer took them already
+        logs.update(entries)  # the callbacks after this one (the console's, transformers adds it last) see them
+        # `Trainer.log` appended its copy of `logs` to the history before calling on_log: complete that entry.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(entries)
 
@@ -170,50 +183,3 @@ class NEFTuneCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.release()
-
-    def _check_noise_fired(self, steps: int) -> None:
-        """No silent no-op: a logging interval of training with zero noised forwards is an error."""
-        assert self.handle is not None
-        now = self.handle.counts
-        before, self._last_counts = self._last_counts, now
-        if now.noised + now.scheduled_off > before.noised + before.scheduled_off:
-            return  # noise was added, or the schedule set alpha to 0 on purpose
-        names = ", ".join(f"'{name}'" for name in self.handle.module_names)
-        calls = now.total - before.total
-        if calls == 0:
-            why = (
-                f"the hooked module {names} was never called by the model's forward (is the embedding computed "
-                "elsewhere, or are inputs_embeds passed in?); pass module= / filter_fn= for the layer forward calls"
-            )
-        else:
-            why = (
-                f"the hooked module {names} was called {calls} times: {now.eval_mode - before.eval_mode} in eval "
-                f"mode, {now.no_grad - before.no_grad} without autograd, {now.suspended - before.suspended} inside "
-                "disable_noise; put the embedding in training mode (model.train()); a reentrant activation "
-                "checkpoint around the embedding runs its forward without autograd: use use_reentrant=False"
-            )
-        message = f"NEFTune added no noise during the last {steps} training step(s): {why}."
-        if self.on_silent == "raise":
-            raise NEFTuneError(message)
-        logger.warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-
-    def _run_first_on_log(self) -> None:
-        """Move this callback to the front of the Trainer's callback list.
-
-        The reporting callbacks (console, TensorBoard, W&B) are placed before user callbacks and read `logs` in
-        `on_log`; ours must add its entries first. transformers gives callbacks no handle to their handler, so it
-        is found on the stack (the `CallbackHandler` calling us holds us in `.callbacks`). Moving an element from
-        index i to 0 keeps the handler's running loop correct: the elements after i keep their positions.
-        """
-        frame = inspect.currentframe()
-        for _ in range(8):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
-                break
-            callbacks = getattr(frame.f_locals.get("self"), "callbacks", None)
-            if isinstance(callbacks, list):
-                for index, callback in enumerate(callbacks):
-                    if callback is self:
-                        callbacks.insert(0, callbacks.pop(index))
-                        return

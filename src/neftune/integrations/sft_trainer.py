@@ -155,7 +155,7 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
             clean_loss_samples=getattr(self.args, "neftune_clean_loss_samples", 16),
             log_stats=getattr(self.args, "neftune_log_stats", True),
         )
-        self.callback_handler.callbacks.insert(0, self.neftune_callback)
+        self.neftune_callback.attach(self)  # first: it sets up the hooks before any other callback's train begin
         source = "neftune_noise_alpha of the config" if took_over else "neftune's default"
         logger.info(
             "NEFTune: neftune's implementation is active (alpha=%s from %s, scaling=%s); transformers' own "
@@ -165,6 +165,11 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
             config.scaling,
             _porting_note(self.model, config.alpha),
         )
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Add the `neftune/...` entries before `Trainer.log` records `logs` and calls the reporting callbacks."""
+        logs.update(self.neftune_callback.log_entries(self.state))
+        super().log(logs, *args, **kwargs)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         try:

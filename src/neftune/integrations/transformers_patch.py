@@ -13,9 +13,9 @@ neftune.patch_transformers()  # or patch_transformers(NEFTuneConfig(alpha=5.0, .
 How: `Trainer.train` is wrapped. For a trainer whose `neftune_noise_alpha` is set (or every trainer, when the
 patch was given a config), the wrapper clears that attribute for the duration of `train()` (so neither
 transformers' `activate_neftune` of transformers >= 5.2 nor `Trainer._activate_neftune` of 4.46 to 5.1 registers
-its hook), adds a `NEFTuneCallback` through the public `add_callback`, and removes both in a `finally`: the hooks
-are gone after an exception too, and a retry replaces them instead of stacking a second hook. Trainers that
-already run a `NEFTuneCallback` (neftune's drop-in `SFTTrainer`) are left alone.
+its hook), attaches a `NEFTuneCallback` (`NEFTuneCallback.attach`: public `pop_callback`/`add_callback`), and
+removes both in a `finally`: the hooks are gone after an exception too, and a retry replaces them instead of
+stacking a second hook. Trainers that already run a `NEFTuneCallback` (neftune's drop-in `SFTTrainer`) are left alone.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def _patched(original: Callable[..., Any]) -> Callable[..., Any]:
         )
         own_alpha = getattr(self, "neftune_noise_alpha", None)
         self.neftune_noise_alpha = None  # transformers' hook is never registered
-        self.add_callback(callback)
+        callback.attach(self)  # ahead of the reporting callbacks, which read its entries in `logs`
         logger.info(
             "NEFTune: neftune's implementation replaces transformers' hook for %s (alpha %s, %s)",
             type(self).__name__,
