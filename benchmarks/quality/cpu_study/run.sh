@@ -8,12 +8,12 @@
 #
 #   bash benchmarks/quality/cpu_study/run.sh [OUT]          # from the repository root, venv active
 #
-# TRAIN (default 96) is the training set size. Estimated cost on the shared 2-core machine: ~1,950 s a cell, about
-# 8.5 hours in all, mostly evaluation (cpu_study/README.md, from time_step.py). NOT RUN YET.
+# TRAIN (default 64) is the training set size. Measured cost on an idle 2-core machine: ~500 s a cell, about
+# 2.3 hours in all (cpu_study/README.md, from time_step.py); under other load much longer.
 set -euo pipefail
 out=${1:-benchmarks/quality/$(date +%F)-smollm2-cpu}
 models=${MODELS:-.gemma}
-train=${TRAIN:-96}
+train=${TRAIN:-64}
 budget=()
 if [ -n "${BUDGET:-}" ]; then budget=(--time-budget "$BUDGET"); fi
 if [ ! -f "$models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
