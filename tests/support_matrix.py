@@ -5,6 +5,9 @@ the network: the input of the first layer (or of the embedding LayerNorm, for BA
 training forward and the same forward with the noise suspended. There, the paper's bound for row i is
 `scale * alpha / sqrt(L_i * d)`, with `scale` the model's own embedding multiplier, applied inside the module
 (Gemma, BART: the noise is scaled to match) or outside it (Granite: the model scales the noised output).
+
+A family with a quirk (`neftune.model_families`) also has a row in `FAMILY_QUIRKS` under the same name;
+tests/test_model_families.py checks that the two agree.
 """
 
 from __future__ import annotations

@@ -150,6 +150,50 @@ def test_vlm_probes_pass_untouched_and_placeholders_are_not_text() -> None:
     assert noise[0, [0, 1, 4]].max() == pytest.approx(ALPHA / (3 * HIDDEN) ** 0.5, rel=0.05)  # L = 3 text tokens
 
 
+def noise_entering_first_layer(family: Family, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """|noise| at the family's first capture point in one training forward of `inputs`, alpha = ALPHA."""
+    from support_matrix import _capture
+
+    torch.manual_seed(0)
+    model = family.build()
+    apply_neftune(model, ALPHA)
+    model.train()
+    noisy = _capture(model, family.capture, inputs)[0]
+    with disable_noise(model):
+        clean = _capture(model, family.capture, inputs)[0]
+    return (noisy - clean).abs()
+
+
+def test_vlm_multi_axis_position_ids_leave_the_lengths_to_the_mask() -> None:
+    """M-RoPE's (3, batch, seq_len) position ids mark no sequence starts: each row's L is its mask's."""
+    from support_matrix import SEQ_LEN
+
+    family = next(f for f in FAMILIES if f.vision)
+    inputs, text = family_inputs(family)
+    inputs["position_ids"] = torch.arange(SEQ_LEN).expand(3, 2, SEQ_LEN)
+    noise = noise_entering_first_layer(family, inputs)
+    for row in range(2):
+        real = text[0][row] == 1
+        bound = ALPHA / (int(real.sum()) * HIDDEN) ** 0.5
+        assert 0.97 <= noise[row][real].max().item() / bound <= 1.0 + 1e-4
+        assert (noise[row][~real] == 0).all()
+
+
+def test_vlm_pad_id_is_read_from_the_text_config() -> None:
+    """Qwen2-VL keeps pad_token_id in text_config: a packed segment of only pad ids is still padding."""
+    from support_matrix import SEQ_LEN
+
+    family = next(f for f in FAMILIES if f.vision)
+    assert family.build().config.get_text_config().pad_token_id == 0
+    input_ids = torch.randint(2, 140, (2, SEQ_LEN), generator=torch.Generator().manual_seed(0))
+    input_ids[1, 10:] = 0  # row 1: a 10-token sequence, then a pad tail whose positions restart at 0
+    position_ids = torch.stack([torch.arange(SEQ_LEN), torch.cat([torch.arange(10), torch.arange(SEQ_LEN - 10)])])
+    noise = noise_entering_first_layer(family, {"input_ids": input_ids, "position_ids": position_ids})
+    assert noise[0].max().item() == pytest.approx(ALPHA / (SEQ_LEN * HIDDEN) ** 0.5, rel=0.03)
+    assert noise[1, :10].max().item() == pytest.approx(ALPHA / (10 * HIDDEN) ** 0.5, rel=0.03)
+    assert (noise[1, 10:] == 0).all()
+
+
 def test_prompt_tuning_noises_the_real_tokens_not_the_virtual_ones() -> None:
     peft = pytest.importorskip("peft")
     family = next(f for f in FAMILIES if f.name == "Llama")

@@ -8,25 +8,18 @@ import math
 import warnings
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
 
 import torch
 from torch import nn
 
 from .call_context import LayoutRecorder
 from .config import NEFTuneConfig, as_config
-from .discovery import (
-    FilterFn,
-    ancestors,
-    embedding_scale_source,
-    paths_to,
-    placeholder_token_ids,
-    select_targets,
-    unwrap_model,
-)
+from .discovery import FilterFn, ancestors, paths_to, select_targets, unwrap_model
 from .errors import NEFTuneError
-from .hook import NoiseHook, _embed_scale
+from .hook import NoiseHook
 from .installed_hooks import noise_hooks, noise_states, remove_hooks
+from .model_families import embed_scale_factor as embed_scale_factor  # re-exported: it was defined here first
+from .model_families import embedding_scale_source, pad_token_id, placeholder_token_ids
 from .state import CallCounts, NoiseState
 from .stats import NoiseStats
 from .target_watch import TargetWatch
@@ -246,13 +239,14 @@ def apply_neftune(
     targets = selection.targets
     for path, target in targets:
         _refuse_conflicts(model, path, target)
+    model_config = getattr(unwrap_model(model), "config", None)
     state = NoiseState(
         config,
         skip_no_grad=skip_no_grad,
         track_stats=track_stats,
-        placeholder_ids=placeholder_token_ids(model),
+        placeholder_ids=placeholder_token_ids(model_config),
         quiet_inside=frozenset(id(scope) for scope in selection.quiet_inside),
-        pad_token_id=_pad_token_id(model),
+        pad_token_id=pad_token_id(model_config),
     )
     if config.alpha == 0:
         _warn_alpha_zero()
@@ -299,19 +293,6 @@ def _slots_holding(model: nn.Module, target: nn.Module) -> list[tuple[nn.Module,
             parent_path, _, name = path.rpartition(".")
             slots.append((model.get_submodule(parent_path), name))
     return slots
-
-
-def _pad_token_id(model: nn.Module) -> int | None:
-    config: Any = getattr(unwrap_model(model), "config", None)
-    text_config = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
-    value = getattr(text_config, "pad_token_id", None)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def embed_scale_factor(module: nn.Module) -> float:
-    """How many times transformers' hook's noise neftune adds for the same alpha on `module` (its `embed_scale`)."""
-    scale = _embed_scale(embedding_scale_source(module))
-    return 1.0 if scale is None else float(scale)
 
 
 def describe_application(handle: NEFTuneHandle) -> str:

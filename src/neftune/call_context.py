@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layout import (
+from .layout import BatchLayout
+from .model_families import (
     ATTENTION_MASK_NAME,
     CU_SEQLENS_NAMES,
     INPUT_IDS_NAME,
     LAYOUT_ARGUMENT_NAMES,
     POSITION_IDS_NAME,
-    BatchLayout,
 )
 
 _EMPTY = BatchLayout()

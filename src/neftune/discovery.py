@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .errors import NEFTuneError
+from .model_families import encoder_decoder_stacks
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -111,15 +112,14 @@ def find_input_embeddings(model: nn.Module, noise_decoder_inputs: bool = True) -
     """
     inner = unwrap_model(model)
     name = type(inner).__name__
-    config = getattr(inner, "config", None)
-    get_encoder, get_decoder = getattr(inner, "get_encoder", None), getattr(inner, "get_decoder", None)
-    if getattr(config, "is_encoder_decoder", False) and callable(get_encoder) and callable(get_decoder):
-        encoder, decoder = get_encoder(), get_decoder()
+    stacks = encoder_decoder_stacks(inner)
+    if stacks is not None:
+        encoder, decoder = stacks
         encoder_embedding = _input_embeddings_of(encoder)
         decoder_embedding = _input_embeddings_of(decoder)
         if encoder_embedding is not None and decoder_embedding is not None:
             targets = [_located(model, encoder_embedding, f"{name} encoder")]
-            if decoder_embedding is encoder_embedding:
+            if decoder_embedding is encoder_embedding:  # Quirk.SHARED_EMBEDDING, transformers 4
                 return Selection(targets, () if noise_decoder_inputs else (decoder,))
             if noise_decoder_inputs:
                 targets.append(_located(model, decoder_embedding, f"{name} decoder"))
@@ -170,44 +170,3 @@ def _refuse_nested(selected: list[tuple[str, nn.Module]]) -> None:
                     f"filter_fn selected both '{outer_name}' and '{inner_name}', which is inside it; the noise would "
                     "be added twice. Select only the outer module."
                 )
-
-
-# Config fields naming the token ids a VLM replaces with image/video/audio features after the embedding lookup.
-_PLACEHOLDER_FIELDS = (
-    "image_token_id",
-    "image_token_index",
-    "video_token_id",
-    "video_token_index",
-    "audio_token_id",
-    "audio_token_index",
-)
-
-
-def placeholder_token_ids(model: nn.Module) -> tuple[int, ...]:
-    """Token ids whose embeddings a multimodal model overwrites with other features: not text, so not noised."""
-    config = getattr(unwrap_model(model), "config", None)
-    found = {getattr(config, field, None) for field in _PLACEHOLDER_FIELDS}
-    return tuple(sorted(value for value in found if isinstance(value, int) and value >= 0))
-
-
-def embedding_scale_source(module: nn.Module) -> nn.Module | None:
-    """The module carrying an `embed_scale` the embedding multiplies its output by inside its forward.
-
-    Gemma/Gemma2/Gemma3 (`*ScaledWordEmbedding`, transformers 5), BART and others scale inside the module, so
-    the hook sees scaled embeddings; the noise is scaled the same way, so alpha means the same on every model.
-    PEFT wrappers are looked through.
-    """
-    seen: set[int] = set()
-    pending = [module]
-    while pending:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if "embed_scale" in vars(current) or "embed_scale" in current._buffers:
-            return current
-        for child_name in ("base_layer", "original_module", "token_adapter"):
-            child = current._modules.get(child_name)
-            if isinstance(child, nn.Module):
-                pending.append(child)
-    return None

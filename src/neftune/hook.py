@@ -11,6 +11,7 @@ from torch import nn
 from .errors import NEFTuneError
 from .kernels import draw_seed, fused_noise_add, use_triton
 from .layout import scalar_magnitude, token_magnitudes
+from .model_families import embed_scale as _embed_scale
 from .noise import UNIT_VARIANCE, draw_unit_noise
 from .replay import MAX_REPLAYS, DrawPlan, Replay, default_generator, ids_key, in_backward
 from .state import EVAL_MODE, NO_GRAD, NOISED, SCHEDULED_OFF, SUSPENDED, NoiseState
@@ -40,14 +41,6 @@ def _refuse_sharded(output: torch.Tensor, module_name: str) -> None:
             "sequence parallelism), so each rank would scale by its local slice's L or d. Use a parallel plan "
             "whose embedding output is replicated, or train without NEFTune under this plan."
         )
-
-
-def _embed_scale(source: nn.Module | None) -> float | torch.Tensor | None:
-    """The factor the hooked module multiplies its own output by, or None when it does not scale."""
-    scale = getattr(source, "embed_scale", None) if source is not None else None
-    if isinstance(scale, torch.Tensor) or (isinstance(scale, (int, float)) and scale != 1.0):
-        return scale
-    return None
 
 
 class NoiseHook:

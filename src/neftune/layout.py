@@ -12,12 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-# Argument names, in the order of precedence the lengths are taken from.
-CU_SEQLENS_NAMES: tuple[str, ...] = ("cu_seq_lens_q", "cu_seqlens")
-POSITION_IDS_NAME = "position_ids"
-ATTENTION_MASK_NAME = "attention_mask"
-INPUT_IDS_NAME = "input_ids"  # not a layout: marks the forward whose ids reach the embedding
-LAYOUT_ARGUMENT_NAMES: tuple[str, ...] = (*CU_SEQLENS_NAMES, POSITION_IDS_NAME, ATTENTION_MASK_NAME, INPUT_IDS_NAME)
+from .model_families import packing_position_ids
 
 
 @dataclass(frozen=True)
@@ -98,9 +93,8 @@ def _lengths_from_position_ids(
 
 
 def _position_ids_for(position_ids: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
-    if position_ids is None or not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2:
-        return None  # absent, or multi-axis (M-RoPE) ids that do not mark sequence starts
-    if position_ids.shape[1] != seq_len or position_ids.shape[0] not in (1, batch):
+    position_ids = packing_position_ids(position_ids)
+    if position_ids is None or position_ids.shape[1] != seq_len or position_ids.shape[0] not in (1, batch):
         return None
     return position_ids.expand(batch, seq_len)
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import trl
 
-from ..apply import embed_scale_factor
 from ..config import SCALINGS, NEFTuneConfig, validate_alpha, validate_count, validate_flag
 from ..discovery import select_targets
 from ..errors import NEFTuneError
 from ..kernels import KERNELS
+from ..model_families import embed_scale_factor
 from ..noise import NOISE_KINDS
 from ..schedule import SCHEDULES
 from .callback import NEFTuneCallback
