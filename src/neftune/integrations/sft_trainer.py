@@ -24,7 +24,7 @@ logger = logging.getLogger("neftune")
 
 
 def neftune_config_from_args(args: Any) -> NEFTuneConfig:
-    """The `NEFTuneConfig` described by a (neftune or plain TRL/transformers) config; alpha None means 5.
+    """The `NEFTuneConfig` described by a (neftune or plain TRL/transformers) config; alpha None means the default.
 
     A field the config lacks takes the option's default; an error names the field (`neftune_scaling`)."""
     return NEFTuneConfig(**{option.name: _field_value(args, option) for option in NOISE_OPTIONS})
@@ -72,8 +72,9 @@ SFTConfig: Any = make_dataclass(
     bases=(_CheckedSFTConfig,),
     namespace={
         "__module__": __name__,
-        "__doc__": "`trl.SFTConfig` with NEFTune on by default (alpha 5) and every `NEFTuneConfig` option as a "
-        "field: `neftune_noise_alpha`, `neftune_scaling`, ... (see `neftune.options`).",
+        "__doc__": "`trl.SFTConfig` with NEFTune on by default (alpha 5) and every option of `neftune.options` as "
+        "a `neftune_*` field: the noise (`neftune_noise_alpha`, `neftune_scaling`, ...) and the trainer's "
+        "(`neftune_clean_loss_steps`, ...).",
     },
 )
 
