@@ -2,64 +2,36 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
-from typing import Literal, get_args
 
-from .errors import NEFTuneError
-from .kernels import KERNELS, KernelKind, triton_available
-from .noise import NOISE_KINDS, NoiseKind
-from .schedule import SCHEDULES, ScheduleKind
+from .kernels import KernelKind, triton_available
+from .noise import NoiseKind
+from .options import (
+    ALPHA,
+    KERNEL,
+    NOISE,
+    NOISE_DECODER_INPUTS,
+    NOISE_OPTIONS,
+    SCALING,
+    SCALINGS,
+    SCHEDULE,
+    SCHEDULE_WARMUP,
+    SEED,
+    Scaling,
+    check_alpha,
+    validate_count,
+    validate_flag,
+)
+from .schedule import ScheduleKind
 
-Scaling = Literal["per_sequence", "padded"]
-SCALINGS: tuple[str, ...] = get_args(Scaling)
-FLOAT32_MAX = 3.4028234663852886e38  # the noise magnitude is computed in float32
+__all__ = ["SCALINGS", "NEFTuneConfig", "Scaling", "as_config", "validate_alpha", "validate_count", "validate_flag"]
 
 
 def validate_alpha(alpha: object, *, name: str = "alpha") -> float:
-    """Return `alpha` as a float, or raise: `TypeError` for a non-number, `NEFTuneError` for NaN, inf or < 0."""
-    # bool is an int subclass; `alpha=True` is a bug, never a magnitude.
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(
-            f"NEFTune {name} must be a real number (e.g. 5.0), got {alpha!r} of type {type(alpha).__name__}."
-        )
-    try:
-        value = float(alpha)
-    except OverflowError:  # an int beyond float range, e.g. 10**400
-        value, shown = math.inf, f"an integer of {len(str(abs(alpha)))} digits"
-    else:
-        shown = f"{value!r}"
-    if math.isnan(value) or (math.isinf(value) and not shown.startswith("an integer")):
-        raise NEFTuneError(f"NEFTune {name} must be finite, got {shown}; the paper uses 5, 10 or 15.")
-    if abs(value) > FLOAT32_MAX:
-        raise NEFTuneError(
-            f"NEFTune {name} must be finite in float32 (at most {FLOAT32_MAX:.3g}), got {shown}: the noise would be "
-            "inf and padding NaN. The paper uses 5, 10 or 15."
-        )
-    if value < 0:
-        raise NEFTuneError(
-            f"NEFTune {name} must be >= 0, got {value!r}; use a positive value such as 5.0, or 0 to turn noise off."
-        )
-    return value
+    """Return `alpha` as a float, or raise: `TypeError` for a non-number, `NEFTuneError` for NaN, inf or < 0.
 
-
-def validate_count(value: object, *, name: str, example: int, none_ok: bool = False) -> int:
-    """Return `value` as a whole number >= 1, or raise: `TypeError` for a non-integer (`1.5`, `"5"`, `True`),
-    `NEFTuneError` for 0 or less. `none_ok` only adds "or None" to the messages; callers pass None through."""
-    off = " or None" if none_ok else ""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a whole number >= 1{off}, got {value!r} of type {type(value).__name__}.")
-    if int(value) < 1:
-        raise NEFTuneError(f"{name} must be >= 1{off}, got {value!r}; e.g. {example}.")
-    return int(value)
-
-
-def validate_flag(value: object, *, name: str) -> bool:
-    """Return `value` if it is True or False, else raise `TypeError` (`"no"` is truthy, so it is never guessed)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}.")
-    return value
+    The messages say `NEFTune <name>`; `neftune.options.check_alpha` takes the whole name to show."""
+    return check_alpha(alpha, f"NEFTune {name}")
 
 
 @dataclass(frozen=True)
@@ -111,40 +83,22 @@ class NEFTuneConfig:
         ```
     """
 
-    alpha: float = 5.0
-    scaling: Scaling = "per_sequence"
-    noise: NoiseKind = "uniform"
-    schedule: ScheduleKind = "constant"
-    schedule_warmup: float = 0.0
-    seed: int | None = None
-    noise_decoder_inputs: bool = True
-    kernel: KernelKind = "auto"
+    # The defaults and checks come from neftune.options; tests/test_options.py keeps these fields in step with it.
+    alpha: float = ALPHA.default
+    scaling: Scaling = SCALING.default
+    noise: NoiseKind = NOISE.default
+    schedule: ScheduleKind = SCHEDULE.default
+    schedule_warmup: float = SCHEDULE_WARMUP.default
+    seed: int | None = SEED.default
+    noise_decoder_inputs: bool = NOISE_DECODER_INPUTS.default
+    kernel: KernelKind = KERNEL.default
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "alpha", validate_alpha(self.alpha))
-        _check_choice("scaling", self.scaling, SCALINGS)
-        _check_choice("noise", self.noise, NOISE_KINDS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("kernel", self.kernel, KERNELS)
+        for option in NOISE_OPTIONS:
+            value = option.validate(getattr(self, option.name), f"NEFTune {option.name}")
+            object.__setattr__(self, option.name, value)
         if self.kernel == "triton":
             triton_available()  # import it now: a first import inside a torch.compile trace would fail
-        warmup = self.schedule_warmup
-        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real) or not 0.0 <= float(warmup) < 1.0:
-            raise NEFTuneError(
-                f"NEFTune schedule_warmup must be a fraction of training in [0, 1), got {warmup!r}; e.g. 0.1."
-            )
-        object.__setattr__(self, "schedule_warmup", float(warmup))
-        if not isinstance(self.noise_decoder_inputs, bool):
-            raise NEFTuneError(
-                f"NEFTune noise_decoder_inputs must be True or False, got {self.noise_decoder_inputs!r}."
-            )
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise NEFTuneError(f"NEFTune seed must be a non-negative int or None, got {self.seed!r}.")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise NEFTuneError(f"NEFTune {name} must be one of {choices}, got {value!r}.")
 
 
 def as_config(alpha_or_config: float | NEFTuneConfig) -> NEFTuneConfig:

@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Literal
 
 from .apply import NEFTuneHandle
-from .config import validate_flag
 from .errors import NEFTuneError
+from .options import LOG_STATS, ON_SILENT, OnSilent
 from .state import CallCounts
 
 logger = logging.getLogger("neftune")
-
-OnSilent = Literal["raise", "warn"]
-ON_SILENT: tuple[str, ...] = ("raise", "warn")
 
 
 class NoiseMonitor:
@@ -45,13 +41,12 @@ class NoiseMonitor:
         on_silent (`"raise"` or `"warn"`, defaults to `"raise"`): what an interval without noise does.
     """
 
-    def __init__(self, handle: NEFTuneHandle, *, log_stats: bool = True, on_silent: OnSilent = "raise") -> None:
-        validate_flag(log_stats, name="log_stats")
-        if on_silent not in ON_SILENT:
-            raise NEFTuneError(f"on_silent must be 'raise' or 'warn', got {on_silent!r}.")
+    def __init__(
+        self, handle: NEFTuneHandle, *, log_stats: bool = LOG_STATS.default, on_silent: OnSilent = ON_SILENT.default
+    ) -> None:
         self.handle = handle
-        self.log_stats = log_stats
-        self.on_silent = on_silent
+        self.log_stats = LOG_STATS.validate(log_stats)
+        self.on_silent = ON_SILENT.validate(on_silent)
         self._last_step = 0
         self._last_counts = CallCounts()
 

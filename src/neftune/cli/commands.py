@@ -1,7 +1,13 @@
-"""`neftune` command line: `neftune demo`, `neftune sweep`, `neftune report`, `neftune run`, `neftune sft`.
+"""The `neftune` command line: `main`, the top-level parser, and the `demo`, `sweep` and `report` commands.
 
-Every error is one line on stderr, `neftune <command>: error: ...`, with exit status 2; `neftune --debug
-<command>` (or `NEFTUNE_DEBUG=1`) also prints the traceback. Each command checks its extras before any work.
+`neftune run` (run_command.py) and `neftune sft` (sft.py) parse their own arguments: `run` hands everything after
+`--` to the target, `sft` reads TRL's `SFTConfig` options with `HfArgumentParser`. The noise flags of `demo` and
+`run` (`--alpha`, `--scaling`, `--noise`, ...) are made from `neftune.options` by `add_option_argument`.
+
+Errors of `demo`, `sweep`, `report` and `sft` are one line on stderr, `neftune <command>: error: ...`, with exit
+status 2; `neftune --debug <command>` (or `NEFTUNE_DEBUG=1`) also prints the traceback. Each of them checks its
+extras before any work. `neftune run` is not guarded, so the target's own errors keep their tracebacks; its usage
+errors are one line too.
 """
 
 from __future__ import annotations
@@ -9,11 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from ..config import SCALINGS, NEFTuneConfig
-from ..kernels import KERNELS
+from ..config import NEFTuneConfig
 from ..noise import NOISE_KINDS
-from ..schedule import SCHEDULES
+from ..options import ALPHA, NOISE_OPTIONS, Option
 from .support import (
     OneLineParser,
     comma_separated,
@@ -39,37 +45,35 @@ def require_command_extras(command: str, extra_modules: Sequence[str] = (), extr
     require_modules(f"neftune {command}", [*modules, *extra_modules], [*extras, *extra_extras])
 
 
+def option_dest(option: Option[Any]) -> str:
+    """The namespace attribute of an option's flag: its name, but `noise_seed` for `--noise-seed` (the demo's
+    `--seed` is the training seed)."""
+    return option.name if option.value_type is bool else option.flag.removeprefix("--").replace("-", "_")
+
+
+def add_option_argument(parser: argparse.ArgumentParser, option: Option[Any], **overrides: Any) -> None:
+    """`option.flag` with the option's type, default, choices and help; `overrides` replace any of them."""
+    help_text = option.help.replace("%", "%%")  # argparse formats help with %
+    settings: dict[str, Any] = {"dest": option_dest(option)}
+    if option.value_type is bool:  # a switch away from the default
+        settings["action"] = "store_false" if option.default else "store_true"
+        settings["help"] = f"set {option.name} to {not option.default}. {help_text}"
+    else:
+        settings.update(type=option.value_type, default=option.default, help=f"{help_text} (default: %(default)s)")
+        if option.choices:
+            settings["choices"] = option.choices
+    parser.add_argument(option.flag, **{**settings, **overrides})
+
+
 def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `NEFTuneConfig` options other than alpha, shared by every subcommand."""
-    parser.add_argument("--scaling", choices=SCALINGS, default="per_sequence", help="what L is (default: %(default)s)")
-    parser.add_argument("--noise", choices=NOISE_KINDS, default="uniform", help="distribution (default: %(default)s)")
-    parser.add_argument(
-        "--schedule", choices=SCHEDULES, default="constant", help="alpha over training (default: %(default)s)"
-    )
-    parser.add_argument("--schedule-warmup", type=float, default=0.0, help="warm-up fraction (default: %(default)s)")
-    parser.add_argument("--noise-seed", type=int, default=None, help="seed of neftune's own noise generator")
-    parser.add_argument(
-        "--no-decoder-noise",
-        dest="noise_decoder_inputs",
-        action="store_false",
-        help="encoder-decoder models: leave the decoder's inputs clean",
-    )
-    parser.add_argument(
-        "--kernel", choices=KERNELS, default="auto", help="torch ops or the fused Triton kernel (default: %(default)s)"
-    )
+    """The `NEFTuneConfig` options other than alpha (whose default differs per command), for `demo` and `run`."""
+    for option in NOISE_OPTIONS:
+        if option is not ALPHA:
+            add_option_argument(parser, option)
 
 
 def config_from_arguments(args: argparse.Namespace) -> NEFTuneConfig:
-    return NEFTuneConfig(
-        alpha=args.alpha,
-        scaling=args.scaling,
-        noise=args.noise,
-        schedule=args.schedule,
-        schedule_warmup=args.schedule_warmup,
-        seed=args.noise_seed,
-        noise_decoder_inputs=args.noise_decoder_inputs,
-        kernel=args.kernel,
-    )
+    return NEFTuneConfig(**{option.name: getattr(args, option_dest(option)) for option in NOISE_OPTIONS})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (before the command)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,sweep,report,run,sft}")
     demo = commands.add_parser("demo", help="fine-tune a tiny model for a few steps with NEFTune (no downloads)")
-    demo.add_argument("--alpha", type=float, default=5.0, help="noise magnitude (default: %(default)s)")
+    add_option_argument(demo, ALPHA)
     add_noise_arguments(demo)
     demo.add_argument("--steps", type=int, default=30, help="training steps (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")

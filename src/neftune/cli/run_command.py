@@ -7,7 +7,8 @@ Like `coverage run`, the target runs in this process with `sys.argv` set as if i
     torchrun --nproc_per_node 8 -m neftune run -- train.py --lr 2e-5
 
 work unchanged. With no `--alpha`, each trainer's own `neftune_noise_alpha` is honoured (and those without one
-train without NEFTune); with `--alpha`, every trainer gets that noise.
+train without NEFTune); with `--alpha`, every trainer gets that noise, shaped by the other noise flags (which
+therefore need `--alpha`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ..config import NEFTuneConfig
+from ..options import ALPHA, CLEAN_LOSS_STEPS, NOISE_OPTIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import add_noise_arguments
+    from .commands import add_noise_arguments, add_option_argument
 
     parser = argparse.ArgumentParser(
         prog="neftune run",
@@ -31,14 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         "neftune_noise_alpha hook. Everything after -- is the target and its arguments.",
         usage="neftune run [--alpha A] [options] -- (SCRIPT | -m MODULE) [ARGS ...]",
     )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help="noise alpha for every trainer; default: each trainer's own neftune_noise_alpha",
-    )
+    alpha_help = "noise alpha for every trainer; default: each trainer's own neftune_noise_alpha"
+    add_option_argument(parser, ALPHA, default=None, help=alpha_help)
     add_noise_arguments(parser)
-    parser.add_argument("--clean-loss-steps", type=int, default=None, help="log neftune/clean_train_loss this often")
+    add_option_argument(parser, CLEAN_LOSS_STEPS)
     return parser
 
 
@@ -63,21 +60,20 @@ def _usage_error(message: str) -> NoReturn:
 
 def main(argv: Sequence[str]) -> int:
     from ..integrations.transformers_patch import patch_transformers, unpatch_transformers
+    from .commands import config_from_arguments, option_dest
 
     own, target = split_target(argv)
     options = build_parser().parse_args(own)
-    config = None
-    if options.alpha is not None:
-        config = NEFTuneConfig(
-            alpha=options.alpha,
-            scaling=options.scaling,
-            noise=options.noise,
-            schedule=options.schedule,
-            schedule_warmup=options.schedule_warmup,
-            seed=options.noise_seed,
-            noise_decoder_inputs=options.noise_decoder_inputs,
-        )
-    patch_transformers(config, clean_loss_steps=options.clean_loss_steps)
+    if options.alpha is None:  # each trainer's own alpha with the default noise: other noise flags would be lost
+        given = [o.flag for o in NOISE_OPTIONS if o is not ALPHA and getattr(options, option_dest(o)) != o.default]
+        if given:
+            _usage_error(
+                f"{' '.join(given)} without --alpha: the noise flags set the noise of every trainer, so give --alpha "
+                "A too (without it each trainer keeps its own neftune_noise_alpha and the default noise)"
+            )
+    config = None if options.alpha is None else config_from_arguments(options)
+    clean_loss_steps = CLEAN_LOSS_STEPS.validate(options.clean_loss_steps, CLEAN_LOSS_STEPS.flag)
+    patch_transformers(config, clean_loss_steps=clean_loss_steps)
     saved_argv = sys.argv
     try:
         if target[0] == "-m":

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ..integrations.sft_trainer import SFTConfig
+from ..options import FIELD_OPTIONS
 from ..sweep.data import PROMPT_FORMATS
 from .support import CLIError, require_modules, show_neftune_log
 
@@ -71,7 +72,8 @@ def build_parser() -> Any:
     general = parser._optionals
     general.title = "TRL SFTConfig / transformers TrainingArguments options"
     neftune = parser.add_argument_group("NEFTune options (neftune.SFTConfig)")
-    for action in [a for a in general._group_actions if a.dest.startswith("neftune_")]:
+    ours = {option.field_name for option in FIELD_OPTIONS}
+    for action in [a for a in general._group_actions if a.dest in ours]:
         general._group_actions.remove(action)
         neftune._group_actions.append(action)
     groups = parser._action_groups

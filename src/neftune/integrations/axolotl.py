@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from ..config import NEFTuneConfig, validate_alpha
 from ..errors import NEFTuneError
+from ..options import ALPHA, FIELD_OPTIONS, NOISE_OPTIONS, TRAINER_OPTIONS, Option
 
 logger = logging.getLogger("neftune")
 
@@ -30,26 +31,30 @@ try:  # the plugin base class, when axolotl is installed; the plugin's logic nee
 except ImportError:  # pragma: no cover - depends on the environment
     _PluginBase = object
 
-try:
-    from pydantic import BaseModel
-except ImportError:  # pragma: no cover - pydantic ships with transformers' and axolotl's dependencies
-    BaseModel = object  # type: ignore[assignment,misc]
+_YAML_OPTIONS = tuple(option for option in FIELD_OPTIONS if option is not ALPHA)  # the alpha is axolotl's own
+_CONFIG_OPTIONS = tuple(option for option in NOISE_OPTIONS if option is not ALPHA)
 
 
-class NEFTuneArgs(BaseModel):
-    """The YAML options the plugin adds to axolotl's schema (`neftune_noise_alpha` is axolotl's own)."""
-
-    neftune_scaling: Literal["per_sequence", "padded"] | None = None
-    neftune_noise: Literal["uniform", "gaussian", "symmetric"] | None = None
-    neftune_schedule: Literal["constant", "linear", "cosine"] | None = None
-    neftune_schedule_warmup: float | None = None
-    neftune_seed: int | None = None
-    neftune_noise_decoder_inputs: bool | None = None
-    neftune_clean_loss_steps: int | None = None
-    neftune_log_stats: bool | None = None
+def _yaml_type(option: Option[Any]) -> Any:
+    """Every key is optional (None: the plugin's default); choices are checked by axolotl's schema."""
+    kind: Any = Literal.__getitem__(option.choices) if option.choices else option.value_type
+    return kind | None
 
 
-_CONFIG_FIELDS = ("scaling", "noise", "schedule", "schedule_warmup", "seed", "noise_decoder_inputs")
+def _yaml_schema() -> type:
+    """`NEFTuneArgs`, one `neftune_<name>` field per option of neftune.options but the alpha."""
+    fields: dict[str, Any] = {option.field_name: (_yaml_type(option), None) for option in _YAML_OPTIONS}
+    doc = "The YAML options the plugin adds to axolotl's schema (`neftune_noise_alpha` is axolotl's own)."
+    try:
+        from pydantic import create_model
+    except ImportError:  # pragma: no cover - pydantic ships with transformers' and axolotl's dependencies
+        annotations = {name: kind for name, (kind, _) in fields.items()}
+        return type("NEFTuneArgs", (), {"__doc__": doc, "__annotations__": annotations, **dict.fromkeys(fields)})
+    schema: type = create_model("NEFTuneArgs", __doc__=doc, __module__=__name__, **fields)
+    return schema
+
+
+NEFTuneArgs = _yaml_schema()
 
 
 def _option(cfg: Any, name: str) -> Any:
@@ -58,13 +63,13 @@ def _option(cfg: Any, name: str) -> Any:
 
 def config_from_cfg(cfg: Any) -> NEFTuneConfig | None:
     """The noise an axolotl config asks for, or None when `neftune_noise_alpha` is unset or 0."""
-    alpha = _option(cfg, "neftune_noise_alpha")
+    alpha = _option(cfg, ALPHA.field_name)
     if alpha is None:
         return None
-    alpha = validate_alpha(alpha, name="neftune_noise_alpha")
+    alpha = validate_alpha(alpha, name=ALPHA.field_name)
     if alpha == 0:
         return None
-    options = {name: _option(cfg, f"neftune_{name}") for name in _CONFIG_FIELDS}
+    options = {option.name: _option(cfg, option.field_name) for option in _CONFIG_OPTIONS}
     try:
         return NEFTuneConfig(alpha=alpha, **{name: value for name, value in options.items() if value is not None})
     except NEFTuneError as error:
@@ -85,11 +90,12 @@ class NEFTunePlugin(_PluginBase):  # type: ignore[misc]
             logger.info("neftune axolotl plugin: neftune_noise_alpha is not set; no NEFTune.")
             return
         trainer.neftune_noise_alpha = None  # transformers' hook is never registered
-        clean_loss_steps = _option(cfg, "neftune_clean_loss_steps")
-        log_stats = _option(cfg, "neftune_log_stats")
-        NEFTuneCallback(
-            config, clean_loss_steps=clean_loss_steps, log_stats=True if log_stats is None else log_stats
-        ).attach(trainer)  # ahead of the reporting callbacks, which read its entries in `logs`
+        options: dict[str, Any] = {}  # the trainer options the YAML sets; the others keep the callback's defaults
+        for option in TRAINER_OPTIONS:
+            value = _option(cfg, option.field_name)
+            if value is not None:
+                options[option.name] = option.validate(value, f"axolotl config: {option.field_name}")
+        NEFTuneCallback(config, **options).attach(trainer)  # ahead of the reporting callbacks, which read `logs`
         logger.info(
             "neftune axolotl plugin: %s gets neftune's NEFTune (alpha %s, %s) in place of transformers' hook",
             type(trainer).__name__,

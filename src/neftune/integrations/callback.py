@@ -7,10 +7,11 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..apply import NEFTuneHandle, apply_neftune
-from ..config import NEFTuneConfig, as_config, validate_count, validate_flag
+from ..config import NEFTuneConfig, as_config
 from ..discovery import FilterFn
 from ..errors import NEFTuneError
-from ..monitor import ON_SILENT, NoiseMonitor, OnSilent
+from ..monitor import NoiseMonitor
+from ..options import ALPHA, CLEAN_LOSS_SAMPLES, CLEAN_LOSS_STEPS, LOG_STATS, ON_SILENT, OnSilent
 from .clean_loss import CleanLossProbe
 
 
@@ -70,26 +71,21 @@ class NEFTuneCallback(TrainerCallback):
 
     def __init__(
         self,
-        alpha_or_config: float | NEFTuneConfig = 5.0,
+        alpha_or_config: float | NEFTuneConfig = ALPHA.default,
         *,
-        clean_loss_steps: int | None = None,
-        clean_loss_samples: int = 16,
-        log_stats: bool = True,
-        on_silent: OnSilent = "raise",
+        clean_loss_steps: int | None = CLEAN_LOSS_STEPS.default,
+        clean_loss_samples: int = CLEAN_LOSS_SAMPLES.default,
+        log_stats: bool = LOG_STATS.default,
+        on_silent: OnSilent = ON_SILENT.default,
         filter_fn: FilterFn | None = None,
     ) -> None:
         self.config = as_config(alpha_or_config)
         self.filter_fn = filter_fn
-        if clean_loss_steps is not None:
-            validate_count(clean_loss_steps, name="clean_loss_steps", example=50, none_ok=True)
-        validate_count(clean_loss_samples, name="clean_loss_samples", example=16)
-        validate_flag(log_stats, name="log_stats")
-        if on_silent not in ON_SILENT:
-            raise NEFTuneError(f"on_silent must be 'raise' or 'warn', got {on_silent!r}.")
-        self.clean_loss_steps = clean_loss_steps
-        self.clean_loss_samples = clean_loss_samples
-        self.log_stats = log_stats
-        self.on_silent = on_silent
+        # Defaults and checks from neftune.options (tests/test_options.py keeps this signature in step with it).
+        self.clean_loss_steps = CLEAN_LOSS_STEPS.validate(clean_loss_steps)
+        self.clean_loss_samples = CLEAN_LOSS_SAMPLES.validate(clean_loss_samples)
+        self.log_stats = LOG_STATS.validate(log_stats)
+        self.on_silent = ON_SILENT.validate(on_silent)
         self.handle: NEFTuneHandle | None = None
         self._probe: CleanLossProbe | None = None
         self.monitor: NoiseMonitor | None = None

@@ -8,131 +8,75 @@ from neftune import SFTConfig, SFTTrainer  # instead of: from trl import SFTConf
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 from typing import Any
 
 import trl
 
-from ..config import SCALINGS, NEFTuneConfig, validate_alpha, validate_count, validate_flag
+from ..config import NEFTuneConfig
 from ..discovery import select_targets
 from ..errors import NEFTuneError
-from ..kernels import KERNELS
 from ..model_families import embed_scale_factor
-from ..noise import NOISE_KINDS
-from ..schedule import SCHEDULES
+from ..options import ALPHA, FIELD_OPTIONS, NOISE_OPTIONS, TRAINER_OPTIONS, Option
 from .callback import NEFTuneCallback
 
 logger = logging.getLogger("neftune")
 
-DEFAULT_ALPHA = 5.0
+
+def neftune_config_from_args(args: Any) -> NEFTuneConfig:
+    """The `NEFTuneConfig` described by a (neftune or plain TRL/transformers) config; alpha None means the default.
+
+    A field the config lacks takes the option's default; an error names the field (`neftune_scaling`)."""
+    return NEFTuneConfig(**{option.name: _field_value(args, option) for option in NOISE_OPTIONS})
 
 
-@dataclass
-class SFTConfig(trl.SFTConfig):  # type: ignore[misc]
-    """`trl.SFTConfig` with NEFTune on by default (alpha 5) and every `NEFTuneConfig` option as a field."""
+def trainer_options_from_args(args: Any) -> dict[str, Any]:
+    """`NEFTuneCallback`'s keyword arguments (`clean_loss_steps`, ...) from a config's `neftune_*` fields."""
+    return {option.name: _field_value(args, option) for option in TRAINER_OPTIONS}
 
-    neftune_noise_alpha: float | None = field(
-        default=DEFAULT_ALPHA,
-        metadata={
-            "help": "NEFTune noise alpha (Jain et al. 2023, arXiv 2310.05914); the paper uses 5, 10 or 15. "
-            "0 turns NEFTune off; None means the default, 5."
-        },
-    )
-    neftune_scaling: str = field(
-        default="per_sequence",
-        metadata={
-            "help": "What L in alpha/sqrt(L*d) is. per_sequence: each sequence's own real length, no noise on "
-            "padding, each packed segment its own L (the paper's training code). padded: the padded batch "
-            "length, padding noised (transformers' neftune_post_forward_hook, bit for bit).",
-            "choices": list(SCALINGS),
-        },
-    )
-    neftune_noise: str = field(
-        default="uniform",
-        metadata={
-            "help": "Noise distribution. uniform: Uniform(-1, 1) (the paper). gaussian: normal with the uniform's "
-            "variance (std 1/sqrt(3)). symmetric: exactly +1 or -1 with equal probability (a SymNoise reading). "
-            "Each is scaled by alpha/sqrt(L*d).",
-            "choices": list(NOISE_KINDS),
-        },
-    )
-    neftune_schedule: str = field(
-        default="constant",
-        metadata={
-            "help": "Alpha over training progress p in [0, 1]: constant, linear (alpha*(1-p)) or cosine "
-            "(alpha*0.5*(1+cos(pi*p))).",
-            "choices": list(SCHEDULES),
-        },
-    )
-    neftune_schedule_warmup: float = field(
-        default=0.0,
-        metadata={"help": "Fraction of training over which alpha ramps linearly from 0; the schedule runs after it."},
-    )
-    neftune_seed: int | None = field(
-        default=None,
-        metadata={
-            "help": "Seed of neftune's own noise generator: identical noise for the same seed whatever else uses "
-            "the RNG, different per rank, reproduced on resume. None: torch's global RNG."
-        },
-    )
-    neftune_noise_decoder_inputs: bool = field(
-        default=True,
-        metadata={
-            "help": "Encoder-decoder models: also noise the decoder's input embeddings (the encoder's always are)."
-        },
-    )
-    neftune_kernel: str = field(
-        default="auto",
-        metadata={
-            "help": "How the noise is drawn and added. torch: torch ops, bit-exact with the paper's code. triton: "
-            "neftune's fused one-pass kernel (pip install neftune[triton]; CUDA). auto: triton on CUDA when it "
-            "imports (uniform padded noise stays on torch, bit-exact with transformers), torch otherwise.",
-            "choices": list(KERNELS),
-        },
-    )
-    neftune_clean_loss_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": "Every this many steps, log neftune/clean_train_loss: the loss of a fixed subset of training "
-            "examples with the noise off. None: never."
-        },
-    )
-    neftune_clean_loss_samples: int = field(
-        default=16, metadata={"help": "How many training examples neftune/clean_train_loss is measured on."}
-    )
-    neftune_log_stats: bool = field(
-        default=True,
-        metadata={
-            "help": "Log neftune/noise_rms, neftune/embed_rms and neftune/noise_to_signal at every logging step."
-        },
-    )
+
+def _field_value(args: Any, option: Option[Any]) -> Any:
+    value = getattr(args, option.field_name, option.default)
+    if option is ALPHA and value is None:  # transformers' own field, where None means "not set"
+        value = ALPHA.default
+    return option.validate(value, option.field_name)
+
+
+def _field_type(option: Option[Any]) -> Any:
+    # neftune_noise_alpha overrides TrainingArguments' own `float | None` field and keeps its type.
+    return option.value_type | None if option.default is None or option is ALPHA else option.value_type
+
+
+def _field(option: Option[Any]) -> Any:
+    """The dataclass field HfArgumentParser (so TRL's CLI and `neftune sft`) reads: default, help, choices."""
+    help_text = option.help + (f" None means the default, {ALPHA.default:g}." if option is ALPHA else "")
+    metadata: dict[str, Any] = {"help": help_text}
+    if option.choices:
+        metadata["choices"] = list(option.choices)
+    return field(default=option.default, metadata=metadata)
+
+
+class _CheckedSFTConfig(trl.SFTConfig):  # type: ignore[misc]
+    """Refuses bad `neftune_*` values when the config is built, naming the field, before TRL's own checks."""
 
     def __post_init__(self) -> None:
-        neftune_config_from_args(self)  # validate early, with the field names in the messages
-        if self.neftune_clean_loss_steps is not None:
-            validate_count(self.neftune_clean_loss_steps, name="neftune_clean_loss_steps", example=50, none_ok=True)
-        validate_count(self.neftune_clean_loss_samples, name="neftune_clean_loss_samples", example=16)
-        validate_flag(self.neftune_log_stats, name="neftune_log_stats")
+        neftune_config_from_args(self)
+        trainer_options_from_args(self)
         super().__post_init__()
 
 
-def neftune_config_from_args(args: Any) -> NEFTuneConfig:
-    """The `NEFTuneConfig` described by a (neftune or plain TRL/transformers) config; alpha None means 5."""
-    alpha = getattr(args, "neftune_noise_alpha", None)
-    alpha = DEFAULT_ALPHA if alpha is None else validate_alpha(alpha, name="neftune_noise_alpha")
-    try:
-        return NEFTuneConfig(
-            alpha=alpha,
-            scaling=getattr(args, "neftune_scaling", "per_sequence"),
-            noise=getattr(args, "neftune_noise", "uniform"),
-            schedule=getattr(args, "neftune_schedule", "constant"),
-            schedule_warmup=getattr(args, "neftune_schedule_warmup", 0.0),
-            seed=getattr(args, "neftune_seed", None),
-            noise_decoder_inputs=getattr(args, "neftune_noise_decoder_inputs", True),
-            kernel=getattr(args, "neftune_kernel", "auto"),
-        )
-    except NEFTuneError as error:  # name the config field, not the NEFTuneConfig one
-        raise NEFTuneError(str(error).replace("NEFTune ", "neftune_", 1)) from None
+# Generated from neftune.options: one `neftune_<name>` field per option, in the table's order.
+SFTConfig: Any = make_dataclass(
+    "SFTConfig",
+    [(option.field_name, _field_type(option), _field(option)) for option in FIELD_OPTIONS],
+    bases=(_CheckedSFTConfig,),
+    namespace={
+        "__module__": __name__,
+        "__doc__": "`trl.SFTConfig` with NEFTune on by default (alpha 5) and every option of `neftune.options` as "
+        "a `neftune_*` field: the noise (`neftune_noise_alpha`, `neftune_scaling`, ...) and the trainer's "
+        "(`neftune_clean_loss_steps`, ...).",
+    },
+)
 
 
 class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
@@ -149,12 +93,7 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
         # transformers' Trainer registers its own hook in train() when this attribute is set: take it over.
         took_over = getattr(self, "neftune_noise_alpha", None) is not None
         self.neftune_noise_alpha = None
-        self.neftune_callback = NEFTuneCallback(
-            config,
-            clean_loss_steps=getattr(self.args, "neftune_clean_loss_steps", None),
-            clean_loss_samples=getattr(self.args, "neftune_clean_loss_samples", 16),
-            log_stats=getattr(self.args, "neftune_log_stats", True),
-        )
+        self.neftune_callback = NEFTuneCallback(config, **trainer_options_from_args(self.args))
         self.neftune_callback.attach(self)  # first: it sets up the hooks before any other callback's train begin
         source = "neftune_noise_alpha of the config" if took_over else "neftune's default"
         logger.info(

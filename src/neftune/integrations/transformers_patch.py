@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from ..config import NEFTuneConfig, as_config, validate_alpha
+from ..options import ON_SILENT, OnSilent
 
 logger = logging.getLogger("neftune")
 
@@ -39,7 +40,7 @@ class PatchSettings:
     config: NEFTuneConfig | None
     clean_loss_steps: int | None = None
     log_stats: bool = True
-    on_silent: str = "raise"
+    on_silent: OnSilent = ON_SILENT.default
 
 
 class TransformersPatch:
@@ -69,7 +70,7 @@ def patch_transformers(
     *,
     clean_loss_steps: int | None = None,
     log_stats: bool = True,
-    on_silent: str = "raise",
+    on_silent: OnSilent = ON_SILENT.default,
 ) -> TransformersPatch:
     """Route NEFTune of every transformers `Trainer` (and TRL's, axolotl's, LLaMA-Factory's) to neftune.
 
@@ -86,10 +87,7 @@ def patch_transformers(
     """
     global _active, _original_train
     config = None if alpha_or_config is None else as_config(alpha_or_config)
-    if on_silent not in ("raise", "warn"):
-        from ..errors import NEFTuneError
-
-        raise NEFTuneError(f"on_silent must be 'raise' or 'warn', got {on_silent!r}.")
+    on_silent = ON_SILENT.validate(on_silent)
     try:
         import transformers
     except ImportError as error:
@@ -152,7 +150,7 @@ def _patched(original: Callable[..., Any]) -> Callable[..., Any]:
             config,
             clean_loss_steps=settings.clean_loss_steps,
             log_stats=settings.log_stats,
-            on_silent=settings.on_silent,  # type: ignore[arg-type]
+            on_silent=settings.on_silent,
         )
         own_alpha = getattr(self, "neftune_noise_alpha", None)
         self.neftune_noise_alpha = None  # transformers' hook is never registered
