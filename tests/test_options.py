@@ -320,7 +320,12 @@ def test_every_axolotl_option_reaches_the_config_and_the_callback() -> None:
     noise = {option.name: cfg[option.field_name] for option in NOISE_OPTIONS}
     assert config_from_cfg(cfg) == NEFTuneConfig(**noise)
     added: list[Any] = []
-    trainer = SimpleNamespace(neftune_noise_alpha=2.0, add_callback=added.append)
+    trainer = SimpleNamespace(
+        neftune_noise_alpha=2.0,
+        add_callback=added.append,
+        pop_callback=lambda callback: None,
+        callback_handler=SimpleNamespace(callbacks=[]),
+    )
     NEFTunePlugin().post_trainer_create(cfg, trainer)
     (callback,) = added
     assert callback.config == NEFTuneConfig(**noise) and trainer.neftune_noise_alpha is None
