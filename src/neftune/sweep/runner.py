@@ -24,7 +24,7 @@ from ..config import SCALINGS, NEFTuneConfig, validate_alpha
 from ..errors import NEFTuneError
 from ..noise import NOISE_KINDS
 from .data import PROMPT_FORMATS, Pair, split_pairs
-from .models import load_model, load_run_data
+from .models import load_model, load_run_data, sft_trainer_inputs
 from .output_dir import CONFIG_NAME, check_output_dir
 from .store import BASELINE, cell_name, cell_path, write_cell
 from .verdicts import DEFAULT_MARGIN
@@ -178,19 +178,12 @@ def _train(
 ) -> tuple[Any, float, list[dict[str, Any]], dict[str, str]]:
     """One cell's training; returns the model, the last logged loss, the log and the pairing fingerprints."""
     import torch
-    from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
 
     from ..trl import SFTConfig, SFTTrainer
 
-    model = load_model(config.model, tokenizer, seed)
-    peft_config = None
-    if config.finetune == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=2 * config.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
+    lora_rank = config.lora_r if config.finetune == "lora" else None
+    inputs = sft_trainer_inputs(config.model, tokenizer, train, seed=seed, lora_rank=lora_rank)
     fingerprints: dict[str, str] = {}
     batches = hashlib.sha256()
 
@@ -233,15 +226,7 @@ def _train(
             neftune_seed=seed,
             gradient_checkpointing=False,
         )
-        data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in train])
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[Fingerprint()],
-        )
+        trainer = SFTTrainer(args=args, callbacks=[Fingerprint()], **inputs)
         trainer.remove_callback(PrinterCallback)  # its per-step dicts would drown the sweep's progress lines
         hook = trainer.model.register_forward_pre_hook(record_batch, with_kwargs=True)
         try:
