@@ -16,7 +16,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class SweepConfig:
     repetition_penalty: float = 1.2
     prefix_words: int = 8
     prompt_format: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.finetune not in ("full", "lora"):
