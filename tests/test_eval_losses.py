@@ -42,3 +42,18 @@ def test_noisy_losses(model_and_tokenizer) -> None:  # type: ignore[no-untyped-d
     assert all(n != c for (n, _), (c, _) in zip(noisy, clean, strict=True))
     assert model.training and not is_neftune_active(model)
     assert completion_losses(model, tokenizer, PAIRS) == clean  # nothing left behind
+
+
+def test_every_evaluation_gives_back_a_mixed_model_mixed(model_and_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from neftune.eval import generate_greedy
+
+    model, tokenizer = model_and_tokenizer
+    model.train()
+    model.model.layers[0].eval()  # a frozen block inside a training model
+    before = [(name, module.training) for name, module in model.named_modules()]
+    assert {training for _, training in before} == {True, False}
+    completion_losses(model, tokenizer, PAIRS[:2])
+    noisy_completion_losses(model, tokenizer, PAIRS[:2], NEFTuneConfig(alpha=5.0, seed=0), draws=1)
+    generate_greedy(model, tokenizer, [p for p, _ in PAIRS[:2]], max_new_tokens=2)
+    assert [(name, module.training) for name, module in model.named_modules()] == before
+    model.train()

@@ -14,7 +14,7 @@ pytest.importorskip("trl")
 pytest.importorskip("matplotlib")
 from neftune.errors import NEFTuneError
 from neftune.eval import degenerate_share
-from neftune.sweep import SweepConfig, run_sweep
+from neftune.sweep import SweepConfig, rebuild_report, run_sweep
 from neftune.sweep import runner as sweep_runner
 from neftune.sweep.report import SweepData, _cell, _markdown, aggregate, write_report
 from neftune.sweep.runner import default_learning_rate
@@ -253,3 +253,21 @@ def test_prompt_formats(tmp_path: Path) -> None:
     assert resolve_prompt_format("auto", Base()) == "alpaca"
     with pytest.raises(NEFTuneError, match="prompt_format 'chat' needs a tokenizer with a chat template"):
         resolve_prompt_format("chat", Base())
+
+
+@pytest.mark.parametrize("extra", [{}, {"note": "a label set through the Python API"}])
+def test_a_sweep_saved_with_the_retired_extra_setting_reports_and_resumes(
+    tmp_path: Path, trained: list[tuple[str, float, int]], extra: dict[str, Any]
+) -> None:
+    config = SweepConfig(output_dir=str(tmp_path), alphas=(0.0, 5.0), **SMALL)
+    first = run_sweep(config, progress=False)
+    for name in ("config.json", "sweep.json"):
+        settings = json.loads((tmp_path / name).read_text())
+        assert "extra" not in settings
+        # as sweeps written while SweepConfig had an `extra` field saved them
+        (tmp_path / name).write_text(json.dumps(settings | {"extra": extra}, indent=1))
+    (tmp_path / "results.json").unlink()
+    rebuilt = rebuild_report(tmp_path)
+    assert rebuilt["cells"] == first["cells"] and rebuilt["config"] == first["config"]
+    resumed = run_sweep(config, progress=False)
+    assert len(trained) == 2 and resumed["cells"] == first["cells"]  # nothing trained again

@@ -12,6 +12,7 @@ from ._version import __version__
 from .apply import NEFTuneHandle, apply_neftune, disable_noise, is_neftune_active, remove_neftune
 from .config import NEFTuneConfig
 from .errors import NEFTuneError
+from .eval_mode import clean_evaluation
 from .integrations.transformers_patch import TransformersPatch, patch_transformers, unpatch_transformers
 from .stats import NoiseStats
 
@@ -32,6 +33,7 @@ __all__ = [
     "TransformersPatch",
     "__version__",
     "apply_neftune",
+    "clean_evaluation",
     "disable_noise",
     "is_neftune_active",
     "patch_transformers",

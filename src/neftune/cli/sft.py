@@ -120,10 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     model_name = None if run.model == TOY else run.model
     modules = (["peft"] if run.lora else []) + (["gguf"] if model_name and model_name.endswith(".gguf") else [])
     require_modules(PROG, modules, ["trl", *(["peft"] if run.lora else []), *(["eval"] if "gguf" in modules else [])])
-    from datasets import Dataset
-
     from ..integrations.sft_trainer import SFTTrainer
-    from ..sweep.models import load_model, load_run_data
+    from ..sweep.models import load_run_data, sft_trainer_inputs
 
     show_neftune_log()
     data = load_run_data(model_name, run.dataset, run.prompt_format)
@@ -136,20 +134,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     source = run.dataset or "embedded templated instructions"
     print(f"{PROG}: data {source} ({len(pairs)} examples), prompt format {data.prompt_format}", file=sys.stderr)
-    peft_config = None
-    if run.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=run.lora_r, lora_alpha=2 * run.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
-    trainer = SFTTrainer(
-        model=load_model(model_name, data.tokenizer, config.seed),
-        args=config,
-        train_dataset=Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs]),
-        processing_class=data.tokenizer,
-        peft_config=peft_config,
-    )
+    lora_rank = run.lora_r if run.lora else None
+    inputs = sft_trainer_inputs(model_name, data.tokenizer, pairs, seed=config.seed, lora_rank=lora_rank)
+    trainer = SFTTrainer(args=config, **inputs)
     trainer.train()
     trainer.save_model(config.output_dir)
     print(f"saved to {config.output_dir}")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..apply import disable_noise
+from ..eval_mode import clean_evaluation
 
 
 def generate_greedy(
@@ -24,11 +23,9 @@ def generate_greedy(
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     outputs: list[str] = []
     try:
-        with torch.no_grad(), disable_noise(model):
+        with clean_evaluation(model):
             for start in range(0, len(prompts), batch_size):
                 chunk = list(prompts[start : start + batch_size])
                 batch = tokenizer(chunk, return_tensors="pt", padding=True).to(device)  # BOS as in training
@@ -43,5 +40,4 @@ def generate_greedy(
                 outputs += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     finally:
         tokenizer.padding_side = padding_side
-        model.train(was_training)
     return outputs

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..apply import apply_neftune, disable_noise
+from ..apply import apply_neftune
 from ..config import NEFTuneConfig
+from ..eval_mode import clean_evaluation, preserved_modes
 
 
 def _rows(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -65,13 +66,8 @@ def completion_losses(
 ) -> list[tuple[float, int]]:
     """(summed cross-entropy, scored tokens) of each completion given its prompt (prompt tokens not scored),
     in eval mode without noise; the prompt and completion are cut together at `max_length` as in training."""
-    was_training = model.training
-    model.eval()
-    try:
-        with disable_noise(model):
-            return _scored(model, _rows(tokenizer, pairs, max_length), _pad_id(tokenizer), batch_size)
-    finally:
-        model.train(was_training)
+    with clean_evaluation(model):
+        return _scored(model, _rows(tokenizer, pairs, max_length), _pad_id(tokenizer), batch_size)
 
 
 def mean_completion_loss(
@@ -106,12 +102,11 @@ def noisy_completion_losses(
     """
     if config.alpha == 0 or draws < 1:
         return completion_losses(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
-    was_training = model.training
     totals: list[float] = [0.0] * len(pairs)
     counts: list[int] = [0] * len(pairs)
     rows = _rows(tokenizer, pairs, max_length)
-    handle = apply_neftune(model, config)
-    try:
+    # Leaving the `with`, the hooks come off first, then every module's mode is restored.
+    with preserved_modes(model), apply_neftune(model, config) as handle:
         model.eval()
         for module in handle.modules:
             module.train()  # the hook noises when its module is in training mode; the rest stays in eval mode
@@ -121,7 +116,4 @@ def noisy_completion_losses(
             for index, (loss, tokens) in enumerate(losses):
                 totals[index] += loss / draws
                 counts[index] = tokens
-    finally:
-        handle.remove()
-        model.train(was_training)
     return list(zip(totals, counts, strict=True))

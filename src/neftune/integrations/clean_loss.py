@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..apply import disable_noise
 from ..errors import NEFTuneError
+from ..eval_mode import clean_evaluation
 
 Batch = Mapping[str, Any]
 
@@ -44,27 +44,20 @@ class CleanLossProbe:
     def loss(self, model: nn.Module) -> float:
         """Token-weighted mean loss over the probe batches, in eval mode, without noise and without gradients."""
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         total = torch.zeros((), dtype=torch.float64, device=device)
         weight = torch.zeros((), dtype=torch.float64, device=device)
-        try:
-            with torch.no_grad(), disable_noise(model):
-                for batch in self.batches:
-                    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                    loss = getattr(model(**inputs), "loss", None)
-                    if loss is None:
-                        raise NEFTuneError(
-                            "The clean training loss needs batches the model turns into a loss (batches with "
-                            f"labels); this model returned none for a batch with keys {sorted(inputs)}. "
-                            "Set neftune_clean_loss_steps=None (clean_loss_steps=None) for this trainer."
-                        )
-                    labels = inputs.get("labels")
-                    tokens = (
-                        (labels != -100).sum() if isinstance(labels, torch.Tensor) else torch.ones((), device=device)
+        with clean_evaluation(model):
+            for batch in self.batches:
+                inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                loss = getattr(model(**inputs), "loss", None)
+                if loss is None:
+                    raise NEFTuneError(
+                        "The clean training loss needs batches the model turns into a loss (batches with "
+                        f"labels); this model returned none for a batch with keys {sorted(inputs)}. "
+                        "Set neftune_clean_loss_steps=None (clean_loss_steps=None) for this trainer."
                     )
-                    total += loss.double() * tokens
-                    weight += tokens
-        finally:
-            model.train(was_training)
+                labels = inputs.get("labels")
+                tokens = (labels != -100).sum() if isinstance(labels, torch.Tensor) else torch.ones((), device=device)
+                total += loss.double() * tokens
+                weight += tokens
         return float(total / weight.clamp_min(1))

@@ -1,4 +1,5 @@
-"""Loading the sweep's model and tokenizer: a hub id, a local directory, a GGUF file, or the embedded tiny Llama."""
+"""Setting up a run of `neftune sweep` or `neftune sft`: the model and tokenizer (a hub id, a local directory, a GGUF
+file, or the embedded tiny Llama), the data, and the LoRA adapter."""
 
 from __future__ import annotations
 
@@ -34,6 +35,29 @@ def load_run_data(model: str | None, dataset: str | None, prompt_format: str = "
     tokenizer = load_tokenizer(model, [])
     chosen = resolve_prompt_format(prompt_format, tokenizer)
     return RunData(tokenizer, load_pairs(dataset, tokenizer, chosen), chosen)
+
+
+def lora_config(rank: int) -> Any:
+    """The PEFT LoRA adapter both commands train (`--lora` / `--finetune lora`): rank `rank`, alpha twice the rank,
+    on every linear layer."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def sft_trainer_inputs(
+    model: str | None, tokenizer: Any, pairs: list[tuple[str, str]], *, seed: int, lora_rank: int | None
+) -> dict[str, Any]:
+    """`model`, `train_dataset`, `processing_class` and `peft_config` of neftune's SFTTrainer for one run: a fresh
+    model (`load_model`), the pairs as a prompt/completion dataset, and a LoRA adapter when `lora_rank` is given."""
+    from datasets import Dataset
+
+    return {
+        "model": load_model(model, tokenizer, seed),
+        "train_dataset": Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs]),
+        "processing_class": tokenizer,
+        "peft_config": lora_config(lora_rank) if lora_rank is not None else None,
+    }
 
 
 def tokenizer_and_pairs(model: str | None, dataset: str | None) -> tuple[Any, list[tuple[str, str]]]:

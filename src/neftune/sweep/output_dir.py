@@ -15,6 +15,8 @@ from ..errors import NEFTuneError
 CONFIG_NAME = "config.json"
 # Keys every sweep config.json has had; a model's config.json (model_type, architectures, ...) has none of them.
 _SWEEP_KEYS = {"finetune", "learning_rate", "max_new_tokens", "prefix_words"}
+# Settings older sweeps stored that no cell ever depended on: a sweep saved with them resumes without them.
+_RETIRED_KEYS = {"extra"}
 
 
 def _shown(value: Any) -> str:
@@ -59,6 +61,7 @@ def check_output_dir(out: Path, signature: dict[str, Any]) -> bool:
             f"{str(out)!r} is not a sweep directory: its {CONFIG_NAME} holds no sweep settings (found {found}; a "
             "model's config?); pass a new or empty --output-dir"
         )
+    stored = {name: value for name, value in stored.items() if name not in _RETIRED_KEYS}
     wanted = json.loads(json.dumps(signature))
     differences = differing_settings(stored, wanted)
     if differences:

@@ -16,7 +16,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ..config import SCALINGS, NEFTuneConfig, validate_alpha
 from ..errors import NEFTuneError
 from ..noise import NOISE_KINDS
 from .data import PROMPT_FORMATS, Pair, split_pairs
-from .models import load_model, load_run_data
+from .models import load_model, load_run_data, sft_trainer_inputs
 from .output_dir import CONFIG_NAME, check_output_dir
 from .store import BASELINE, cell_name, cell_path, write_cell
 from .verdicts import DEFAULT_MARGIN
@@ -77,7 +77,6 @@ class SweepConfig:
     repetition_penalty: float = 1.2
     prefix_words: int = 8
     prompt_format: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.finetune not in ("full", "lora"):
@@ -178,19 +177,12 @@ def _train(
 ) -> tuple[Any, float, list[dict[str, Any]], dict[str, str]]:
     """One cell's training; returns the model, the last logged loss, the log and the pairing fingerprints."""
     import torch
-    from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
 
     from ..trl import SFTConfig, SFTTrainer
 
-    model = load_model(config.model, tokenizer, seed)
-    peft_config = None
-    if config.finetune == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=2 * config.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
+    lora_rank = config.lora_r if config.finetune == "lora" else None
+    inputs = sft_trainer_inputs(config.model, tokenizer, train, seed=seed, lora_rank=lora_rank)
     fingerprints: dict[str, str] = {}
     batches = hashlib.sha256()
 
@@ -233,15 +225,7 @@ def _train(
             neftune_seed=seed,
             gradient_checkpointing=False,
         )
-        data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in train])
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[Fingerprint()],
-        )
+        trainer = SFTTrainer(args=args, callbacks=[Fingerprint()], **inputs)
         trainer.remove_callback(PrinterCallback)  # its per-step dicts would drown the sweep's progress lines
         hook = trainer.model.register_forward_pre_hook(record_batch, with_kwargs=True)
         try:
