@@ -11,7 +11,7 @@ from torch import nn
 from .errors import NEFTuneError
 from .kernels import draw_seed, fused_noise_add, use_triton
 from .layout import scalar_magnitude, token_magnitudes
-from .noise import UNIT_VARIANCE, draw_unit_noise
+from .noise import draw_unit_noise, noise_distribution
 from .replay import MAX_REPLAYS, DrawPlan, Replay, default_generator, ids_key, in_backward
 from .state import EVAL_MODE, NO_GRAD, NOISED, SCHEDULED_OFF, SUSPENDED, NoiseState
 from .stats import StatsAccumulator
@@ -220,7 +220,7 @@ class NoiseHook:
         assert plan.scale is not None
         scale = plan.scale if plan.scale.dim() == 0 else plan.scale.view(*batched.shape[:2])
         if stats is not None:  # the noise's expected square, from the scale
-            stats.add_expected(scale, UNIT_VARIANCE[self.state.config.noise], batched, real)
+            stats.add_expected(scale, noise_distribution(self.state.config.noise).unit_variance, batched, real)
         seed = draw_seed(output.device, generator)
         return fused_noise_add(batched, scale, self.state.config.noise, seed).view(output.shape)
 
