@@ -13,7 +13,7 @@ from .kernels import draw_seed, fused_noise_add, use_triton
 from .layout import scalar_magnitude, token_magnitudes
 from .noise import draw_unit_noise, noise_distribution
 from .replay import MAX_REPLAYS, DrawPlan, Replay, default_generator, ids_key, in_backward
-from .state import EVAL_MODE, NO_GRAD, NOISED, SCHEDULED_OFF, SUSPENDED, NoiseState
+from .state import NoiseState
 from .stats import StatsAccumulator
 
 
@@ -91,7 +91,7 @@ class NoiseHook:
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> torch.Tensor | None:
         state = self.state
         if not module.training:
-            state.count(EVAL_MODE)
+            state.count("eval_mode")
             return None
         if in_backward():  # activation checkpointing recomputes this forward: add what the forward added
             replay = state.replays.take(id(self), ids_key(args))
@@ -99,16 +99,16 @@ class NoiseHook:
                 self._warn_replay_evicted()
             return None if replay is None else self._replay(replay, output)
         if not state.enabled:
-            state.count(SUSPENDED)
+            state.count("suspended")
             return None
         if state.skip_no_grad and not torch.is_grad_enabled():
-            state.count(NO_GRAD)
+            state.count("no_grad")
             return None
-        if state.scheduled_zero:
-            state.count(SCHEDULED_OFF)
+        if state.schedule.is_zero:
+            state.count("scheduled_off")
             return None
         if state.quiet_inside and state.stack.inside_any(state.quiet_inside):
-            state.count(SUSPENDED)
+            state.count("suspended")
             return None
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             raise NEFTuneError(
@@ -120,7 +120,7 @@ class NoiseHook:
         batched = _as_batch(output, self.module_name)
         if batched is None:
             return None
-        state.count(NOISED)
+        state.count("noised")
         if state.config.scaling == "padded":
             plan, real = self._padded_plan(output, batched), None
         else:
@@ -142,7 +142,7 @@ class NoiseHook:
             full = torch.full((), magnitude, dtype=torch.float32, device=output.device)
             return DrawPlan(None, None, self._scaled(full), fused=True)
         scale = None
-        if state.scheduled or _embed_scale(self.scale_source) is not None:
+        if state.schedule.varies or _embed_scale(self.scale_source) is not None:
             scale = self._scaled(torch.ones((), dtype=torch.float32, device=batched.device))
         if state.config.noise == "uniform":
             # Same draw, same magnitude arithmetic and same add as transformers' hook.
@@ -244,8 +244,9 @@ class NoiseHook:
 
     def _scaled(self, magnitude: torch.Tensor) -> torch.Tensor:
         """A float32 magnitude times the schedule's factor and the module's own embedding scale, if any."""
-        if self.state.scheduled:
-            magnitude = magnitude * self.state.factor_tensor(magnitude.device)
+        schedule = self.state.schedule
+        if schedule.varies:
+            magnitude = magnitude * schedule.factor_tensor(magnitude.device)
         scale = _embed_scale(self.scale_source)
         if isinstance(scale, torch.Tensor):
             magnitude = magnitude * scale.to(device=magnitude.device, dtype=torch.float32)
@@ -254,9 +255,8 @@ class NoiseHook:
         return magnitude
 
     def _warn_replay_evicted(self) -> None:
-        if self.state.warned_replay_evicted:
+        if not self.state.warn_once("replay_evicted"):
             return
-        self.state.warned_replay_evicted = True
         warnings.warn(
             f"NEFTune on '{self.module_name}': an activation-checkpoint recompute found no record of its forward's "
             f"noise, because more than {MAX_REPLAYS} noised forwards ran before their backward; this recompute adds "
@@ -267,9 +267,8 @@ class NoiseHook:
         )
 
     def _warn_unmatched(self, layout: Any, batched: torch.Tensor) -> None:
-        if self.state.warned_unmatched_layout:
+        if not self.state.warn_once("unmatched_layout"):
             return
-        self.state.warned_unmatched_layout = True
         shapes = {name: tuple(value.shape) for name, value in vars(layout).items() if isinstance(value, torch.Tensor)}
         warnings.warn(
             f"NEFTune on '{self.module_name}': the model was given {shapes}, which do not match the embedding "
