@@ -50,6 +50,13 @@ def _embed_scale(source: nn.Module | None) -> float | torch.Tensor | None:
     return None
 
 
+def _times_embed_scale(magnitude: torch.Tensor, scale: float | torch.Tensor | None) -> torch.Tensor:
+    """`magnitude` (float32) times the module's embedding scale, if it has one."""
+    if isinstance(scale, torch.Tensor):
+        return magnitude * scale.to(device=magnitude.device, dtype=torch.float32)
+    return magnitude if scale is None else magnitude * scale
+
+
 class NoiseHook:
     """`register_forward_hook` callable: returns `output + noise` in training mode, else leaves output alone."""
 
@@ -141,9 +148,7 @@ class NoiseHook:
         if use_triton(kernel, output) and not (kernel == "auto" and state.config.noise == "uniform"):
             full = torch.full((), magnitude, dtype=torch.float32, device=output.device)
             return DrawPlan(None, None, self._scaled(full), fused=True)
-        scale = None
-        if state.schedule.varies or _embed_scale(self.scale_source) is not None:
-            scale = self._scaled(torch.ones((), dtype=torch.float32, device=batched.device))
+        scale = self._unit_scale(batched.device)
         if state.config.noise == "uniform":
             # Same draw, same magnitude arithmetic and same add as transformers' hook.
             return DrawPlan(uniform_bound=magnitude, pre_scale=None, scale=scale)
@@ -247,12 +252,17 @@ class NoiseHook:
         schedule = self.state.schedule
         if schedule.varies:
             magnitude = magnitude * schedule.factor_tensor(magnitude.device)
-        scale = _embed_scale(self.scale_source)
+        return _times_embed_scale(magnitude, _embed_scale(self.scale_source))
+
+    def _unit_scale(self, device: torch.device) -> torch.Tensor | None:
+        """`_scaled` of a magnitude of 1, as a new float32 tensor (the same bits); None when it would be 1."""
+        schedule, scale = self.state.schedule, _embed_scale(self.scale_source)
+        if schedule.varies:
+            factor = schedule.factor_tensor(device)
+            return factor.clone() if scale is None else _times_embed_scale(factor, scale)
         if isinstance(scale, torch.Tensor):
-            magnitude = magnitude * scale.to(device=magnitude.device, dtype=torch.float32)
-        elif scale is not None:
-            magnitude = magnitude * scale
-        return magnitude
+            return scale.to(device=device, dtype=torch.float32, copy=True)
+        return None if scale is None else torch.full((), scale, dtype=torch.float32, device=device)
 
     def _warn_replay_evicted(self) -> None:
         if not self.state.warn_once("replay_evicted"):
