@@ -10,8 +10,8 @@ Each is scaled afterwards by the per-token magnitude `alpha / sqrt(L * d)`:
 `NOISES` is the one table of kinds: `NOISE_KINDS` (the config's, CLI's and trainer arguments' choices) and the
 validation derive from it. Adding a kind touches:
 1. here: the name in `NoiseKind` and a row in `NOISES` (its torch draw, `unit_variance`, `bound`);
-2. `kernels/triton_noise.py`: a `@triton.jit` function drawing four units from four random words, its index
-   constant, its `KIND_INDEX` entry and its branch in `noise_add_kernel`;
+2. `kernels/triton_noise.py`: an index constant, its `KIND_INDEX` entry and its branch in `noise_add_kernel`
+   (four random 32-bit words to four unit values);
 3. the `noise` argument's description in `NEFTuneConfig`'s docstring (config.py) and the README;
 4. tests/test_kernel.py's `test_moments_of_each_kind`: the kind's population moments. The torch draw is checked
    against its row by tests/test_variants.py, which iterates over `NOISES`.

@@ -48,30 +48,6 @@ def _to_symmetric(word: tl.tensor) -> tl.tensor:
     return tl.where(word.to(tl.int32, bitcast=True) < 0, -1.0, 1.0)
 
 
-# The draw of each kind: four random 32-bit words to four unit noise values.
-@triton.jit
-def _uniform_units(
-    w0: tl.tensor, w1: tl.tensor, w2: tl.tensor, w3: tl.tensor
-) -> tuple[tl.tensor, tl.tensor, tl.tensor, tl.tensor]:
-    return _to_uniform(w0), _to_uniform(w1), _to_uniform(w2), _to_uniform(w3)
-
-
-@triton.jit
-def _gaussian_units(
-    w0: tl.tensor, w1: tl.tensor, w2: tl.tensor, w3: tl.tensor
-) -> tuple[tl.tensor, tl.tensor, tl.tensor, tl.tensor]:
-    n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(w0), tl.uint_to_uniform_float(w1))
-    n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(w2), tl.uint_to_uniform_float(w3))
-    return n0 * GAUSSIAN_STD, n1 * GAUSSIAN_STD, n2 * GAUSSIAN_STD, n3 * GAUSSIAN_STD
-
-
-@triton.jit
-def _symmetric_units(
-    w0: tl.tensor, w1: tl.tensor, w2: tl.tensor, w3: tl.tensor
-) -> tuple[tl.tensor, tl.tensor, tl.tensor, tl.tensor]:
-    return _to_symmetric(w0), _to_symmetric(w1), _to_symmetric(w2), _to_symmetric(w3)
-
-
 @triton.jit
 def _add_quarter(
     x_ptr: tl.tensor,
@@ -113,13 +89,16 @@ def noise_add_kernel(
         scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[:, None]
     else:
         scale = tl.load(scale_ptr)
+    # four random words to four unit noise values, by kind
     if KIND == UNIFORM:
-        u0, u1, u2, u3 = _uniform_units(w0, w1, w2, w3)
+        u0, u1, u2, u3 = _to_uniform(w0), _to_uniform(w1), _to_uniform(w2), _to_uniform(w3)
     elif KIND == GAUSSIAN:
-        u0, u1, u2, u3 = _gaussian_units(w0, w1, w2, w3)
+        n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(w0), tl.uint_to_uniform_float(w1))
+        n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(w2), tl.uint_to_uniform_float(w3))
+        u0, u1, u2, u3 = n0 * GAUSSIAN_STD, n1 * GAUSSIAN_STD, n2 * GAUSSIAN_STD, n3 * GAUSSIAN_STD
     else:
         tl.static_assert(KIND == SYMMETRIC, "noise_add_kernel: KIND is not an index of KIND_INDEX")
-        u0, u1, u2, u3 = _symmetric_units(w0, w1, w2, w3)
+        u0, u1, u2, u3 = _to_symmetric(w0), _to_symmetric(w1), _to_symmetric(w2), _to_symmetric(w3)
     _add_quarter(x_ptr, out_ptr, rows, row_ok, q, hidden, scale, u0)
     _add_quarter(x_ptr, out_ptr, rows, row_ok, q + quarter, hidden, scale, u1)
     _add_quarter(x_ptr, out_ptr, rows, row_ok, q + 2 * quarter, hidden, scale, u2)
