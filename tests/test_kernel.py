@@ -23,6 +23,7 @@ from helpers import EmbeddingOnlyModel, capture_output, measured_kernel_noise, p
 import neftune.kernels as kernels
 from neftune import NEFTuneConfig, NEFTuneError, apply_neftune
 from neftune.kernels import draw_seed, fused_noise_add, use_triton
+from neftune.noise import NOISE_KINDS
 
 ALPHA = 5.0
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -57,7 +58,7 @@ def seed_of(value: int) -> torch.Tensor:
 
 @needs_interpreter
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["uniform", "gaussian", "symmetric"])
+@pytest.mark.parametrize("kind", NOISE_KINDS)
 def test_moments_of_each_kind(kind: str, dtype: torch.dtype) -> None:
     zeros = torch.zeros(4, 64, 256, dtype=dtype)
     unit = fused_noise_add(zeros, torch.tensor(1.0), kind, seed_of(11)).double().flatten()
@@ -76,6 +77,27 @@ def test_moments_of_each_kind(kind: str, dtype: torch.dtype) -> None:
         # E[u^4] separates the gaussian (1/3) from the uniform (1/5); its standard error is sqrt(E[u^8] - 1/9)/sqrt(n)
         assert abs(unit.pow(4).mean().item() - 1 / 3) < 5 * math.sqrt(105 / 81 - 1 / 9) / math.sqrt(n)
         assert unit.abs().max().item() > 2.0  # unbounded: about 7e-4 of normal draws fall past 3.4 std
+
+
+@needs_interpreter
+def test_the_kernel_has_a_draw_for_every_noise_kind_and_refuses_others() -> None:
+    module = sys.modules["neftune.kernels.triton_noise"]
+    assert tuple(module.KIND_INDEX) == NOISE_KINDS
+    assert len(set(module.KIND_INDEX.values())) == len(NOISE_KINDS)
+    with pytest.raises(
+        NEFTuneError, match=r"kernel draws noise of kinds \('uniform', 'gaussian', 'symmetric'\), got 'x'"
+    ):
+        module.launch(torch.zeros(1, 2, 4), torch.tensor(1.0), "x", seed_of(0))
+    # the kernel's own last branch (the interpreter wraps the assertion in its InterpreterError)
+    with pytest.raises(Exception, match="KIND is not an index of KIND_INDEX"):
+        unknown = max(module.KIND_INDEX.values()) + 1
+        module.noise_add_kernel[(1, 1)](
+            *(torch.zeros(1, 4), torch.empty(1, 4), torch.tensor(1.0), seed_of(0), 1, 4, 1),
+            PER_TOKEN=False,
+            KIND=unknown,
+            BLOCK_ROWS=1,
+            BLOCK_Q=1,
+        )
 
 
 @needs_interpreter

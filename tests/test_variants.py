@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import get_args
 
 import pytest
 import torch
 from helpers import EmbeddingOnlyModel, padding_mask
 
 from neftune import NEFTuneConfig, NEFTuneError, apply_neftune
-from neftune.schedule import alpha_factor
+from neftune.noise import NOISE_KINDS, NOISES, NoiseKind, draw_unit_noise
+from neftune.schedule import DECAYS, SCHEDULES, ScheduleKind, alpha_factor
 
 ALPHA = 5.0
 
@@ -61,7 +64,45 @@ def test_uniform_kurtosis_distinguishes_it() -> None:
     assert var == pytest.approx(1 / 3, abs=5e-3) and kurtosis == pytest.approx(1.8, abs=0.02)
 
 
-@pytest.mark.parametrize("kind", ["uniform", "gaussian", "symmetric"])
+def test_the_literal_types_name_exactly_the_tables_rows() -> None:
+    assert get_args(NoiseKind) == tuple(NOISES) == NOISE_KINDS
+    assert get_args(ScheduleKind) == tuple(DECAYS) == SCHEDULES
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_each_noise_kind_draws_what_its_row_declares(kind: str) -> None:
+    row = NOISES[kind]
+    generator = torch.Generator().manual_seed(5)
+    unit = draw_unit_noise(torch.zeros(512, 512), kind, generator).double().flatten()  # type: ignore[arg-type]
+    n = unit.numel()
+    square = unit.square()
+    assert abs(unit.mean().item()) < 5 * math.sqrt(row.unit_variance / n)  # 5 standard errors of the mean
+    # 5 standard errors of the mean square, from the sample's own 4th moment (0 when |u| is constant)
+    assert abs(square.mean().item() - row.unit_variance) <= 5 * square.std().item() / math.sqrt(n) + 1e-12
+    peak = unit.abs().max().item()
+    if row.bound is None:
+        assert peak > 4.0 * math.sqrt(row.unit_variance)  # unbounded: past 4 std in 262,144 draws
+    else:
+        assert row.bound * 0.99 < peak <= row.bound
+        if row.unit_variance == row.bound**2:  # all of the mass at the bound: |u| is the bound everywhere
+            assert torch.equal(unit.abs(), torch.full_like(unit, row.bound))
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_each_noise_kind_keeps_dtype_device_and_shape(kind: str) -> None:
+    like = torch.zeros(2, 3, 8, dtype=torch.bfloat16)
+    unit = draw_unit_noise(like, kind, None)  # type: ignore[arg-type]
+    assert unit.dtype == torch.bfloat16 and unit.shape == like.shape and unit.data_ptr() != like.data_ptr()
+
+
+def test_an_unknown_noise_kind_reaching_the_draw_is_refused() -> None:
+    with pytest.raises(
+        NEFTuneError, match=r"noise must be one of \('uniform', 'gaussian', 'symmetric'\), got 'laplace'"
+    ):
+        draw_unit_noise(torch.zeros(3), "laplace", None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
 def test_every_kind_respects_padding_and_packed_lengths(kind: str) -> None:
     segments = [30, 10, 24]
     position_ids = torch.cat([torch.arange(n) for n in segments])[None]
@@ -71,7 +112,7 @@ def test_every_kind_respects_padding_and_packed_lengths(kind: str) -> None:
         segment = noise[start : start + length]
         rms = segment.pow(2).mean().sqrt().item()
         # RMS of uniform, matched-variance gaussian and symmetric/sqrt(3)... all scale with 1/sqrt(L)
-        expected = ALPHA / math.sqrt(length * 64) / (math.sqrt(3) if kind != "symmetric" else 1.0)
+        expected = ALPHA / math.sqrt(length * 64) * math.sqrt(NOISES[kind].unit_variance)
         assert rms == pytest.approx(expected, rel=0.15)
         start += length
     mask = padding_mask([5, 64], 64)
@@ -79,11 +120,12 @@ def test_every_kind_respects_padding_and_packed_lengths(kind: str) -> None:
     assert (padded[0, 5:] == 0).all() and (padded[0, :5] != 0).any()
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "symmetric"])
+@pytest.mark.parametrize("kind", [kind for kind in NOISE_KINDS if kind != "uniform"])  # uniform: test_formula.py
 def test_padded_scaling_works_with_other_kinds(kind: str) -> None:
     noise = zero_embedding_noise(NEFTuneConfig(ALPHA, scaling="padded", noise=kind), 2, 64, 64)
-    if kind == "symmetric":
-        assert torch.allclose(noise.abs(), torch.full_like(noise, ALPHA / math.sqrt(64 * 64)))
+    row = NOISES[kind]
+    if row.bound is not None and row.unit_variance == row.bound**2:  # +-1: every element is exactly the magnitude
+        assert torch.allclose(noise.abs(), torch.full_like(noise, ALPHA / math.sqrt(64 * 64) * row.bound))
     assert (noise != 0).all()
 
 
@@ -103,6 +145,23 @@ SCHEDULE_TABLE = {
 def test_schedule_values(schedule: str, warmup: float) -> None:
     got = [alpha_factor(schedule, warmup, p) for p in (0.0, 0.25, 0.5, 1.0)]  # type: ignore[arg-type]
     assert got == pytest.approx(SCHEDULE_TABLE[(schedule, warmup)], abs=1e-12)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_each_schedule_starts_at_full_alpha_after_warmup_and_never_rises(schedule: str) -> None:
+    decay = DECAYS[schedule]
+    values = [decay(step / 100) for step in range(101)]
+    assert values[0] == 1.0
+    assert all(0.0 <= value <= 1.0 for value in values)
+    assert all(later <= earlier for earlier, later in itertools.pairwise(values))
+    ramp = [alpha_factor(schedule, 0.2, progress) for progress in (0.0, 0.1, 0.2)]  # type: ignore[arg-type]
+    assert ramp == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("warmup", [0.0, 0.5])
+def test_an_unknown_schedule_reaching_the_factor_is_refused(warmup: float) -> None:
+    with pytest.raises(NEFTuneError, match=r"schedule must be one of \('constant', 'linear', 'cosine'\), got 'step'"):
+        alpha_factor("step", warmup, 0.1)  # type: ignore[arg-type]
 
 
 def test_schedule_drives_the_realised_noise_through_the_handle() -> None:

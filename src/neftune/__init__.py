@@ -14,6 +14,7 @@ from .config import NEFTuneConfig
 from .errors import NEFTuneError
 from .eval_mode import clean_evaluation
 from .integrations.transformers_patch import TransformersPatch, patch_transformers, unpatch_transformers
+from .monitor import NoiseMonitor
 from .stats import NoiseStats
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ __all__ = [
     "NEFTuneHandle",
     "NEFTuneSFTConfig",
     "NEFTuneSFTTrainer",
+    "NoiseMonitor",
     "NoiseStats",
     "SFTConfig",
     "SFTTrainer",

@@ -261,9 +261,9 @@ def apply_neftune(
             parents.add(id(parent))
     recorded: set[int] = set()
     for path, target in targets:
-        if state.scheduled:  # made now, not inside a (compiled) forward where its creation would be traced
+        if state.schedule.varies:  # made now, not inside a (compiled) forward where its creation would be traced
             parameter = next(target.parameters(), None)
-            state.factor_tensor(parameter.device if parameter is not None else torch.device("cpu"))
+            state.schedule.factor_tensor(parameter.device if parameter is not None else torch.device("cpu"))
         _register_noise_hook(state, path or type(target).__name__, target)
         for ancestor in ancestors(model, target):
             if id(ancestor) in recorded:
@@ -343,11 +343,7 @@ def disable_noise(model: nn.Module) -> Iterator[None]:
             reference_logps = model(**batch).logits
         ```
     """
-    states = noise_states(model)
-    for state in states:
-        state.suspended += 1
-    try:
+    with contextlib.ExitStack() as suspended:
+        for state in noise_states(model):
+            suspended.enter_context(state.suspend())
         yield
-    finally:
-        for state in states:
-            state.suspended -= 1

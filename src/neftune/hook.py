@@ -11,10 +11,10 @@ from torch import nn
 from .errors import NEFTuneError
 from .kernels import draw_seed, fused_noise_add, use_triton
 from .layout import scalar_magnitude, token_magnitudes
-from .model_families import embed_scale as _embed_scale
-from .noise import UNIT_VARIANCE, draw_unit_noise
+from .model_families import embed_scale
+from .noise import draw_unit_noise, noise_distribution
 from .replay import MAX_REPLAYS, DrawPlan, Replay, default_generator, ids_key, in_backward
-from .state import EVAL_MODE, NO_GRAD, NOISED, SCHEDULED_OFF, SUSPENDED, NoiseState
+from .state import NoiseState
 from .stats import StatsAccumulator
 
 
@@ -41,6 +41,13 @@ def _refuse_sharded(output: torch.Tensor, module_name: str) -> None:
             "sequence parallelism), so each rank would scale by its local slice's L or d. Use a parallel plan "
             "whose embedding output is replicated, or train without NEFTune under this plan."
         )
+
+
+def _times_embed_scale(magnitude: torch.Tensor, scale: float | torch.Tensor | None) -> torch.Tensor:
+    """`magnitude` (float32) times the module's embedding scale, if it has one."""
+    if isinstance(scale, torch.Tensor):
+        return magnitude * scale.to(device=magnitude.device, dtype=torch.float32)
+    return magnitude if scale is None else magnitude * scale
 
 
 class NoiseHook:
@@ -84,7 +91,7 @@ class NoiseHook:
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> torch.Tensor | None:
         state = self.state
         if not module.training:
-            state.count(EVAL_MODE)
+            state.count("eval_mode")
             return None
         if in_backward():  # activation checkpointing recomputes this forward: add what the forward added
             replay = state.replays.take(id(self), ids_key(args))
@@ -92,16 +99,16 @@ class NoiseHook:
                 self._warn_replay_evicted()
             return None if replay is None else self._replay(replay, output)
         if not state.enabled:
-            state.count(SUSPENDED)
+            state.count("suspended")
             return None
         if state.skip_no_grad and not torch.is_grad_enabled():
-            state.count(NO_GRAD)
+            state.count("no_grad")
             return None
-        if state.scheduled_zero:
-            state.count(SCHEDULED_OFF)
+        if state.schedule.is_zero:
+            state.count("scheduled_off")
             return None
         if state.quiet_inside and state.stack.inside_any(state.quiet_inside):
-            state.count(SUSPENDED)
+            state.count("suspended")
             return None
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             raise NEFTuneError(
@@ -113,7 +120,7 @@ class NoiseHook:
         batched = _as_batch(output, self.module_name)
         if batched is None:
             return None
-        state.count(NOISED)
+        state.count("noised")
         if state.config.scaling == "padded":
             plan, real = self._padded_plan(output, batched), None
         else:
@@ -134,9 +141,7 @@ class NoiseHook:
         if use_triton(kernel, output) and not (kernel == "auto" and state.config.noise == "uniform"):
             full = torch.full((), magnitude, dtype=torch.float32, device=output.device)
             return DrawPlan(None, None, self._scaled(full), fused=True)
-        scale = None
-        if state.scheduled or _embed_scale(self.scale_source) is not None:
-            scale = self._scaled(torch.ones((), dtype=torch.float32, device=batched.device))
+        scale = self._unit_scale(batched.device)
         if state.config.noise == "uniform":
             # Same draw, same magnitude arithmetic and same add as transformers' hook.
             return DrawPlan(uniform_bound=magnitude, pre_scale=None, scale=scale)
@@ -213,7 +218,7 @@ class NoiseHook:
         assert plan.scale is not None
         scale = plan.scale if plan.scale.dim() == 0 else plan.scale.view(*batched.shape[:2])
         if stats is not None:  # the noise's expected square, from the scale
-            stats.add_expected(scale, UNIT_VARIANCE[self.state.config.noise], batched, real)
+            stats.add_expected(scale, noise_distribution(self.state.config.noise).unit_variance, batched, real)
         seed = draw_seed(output.device, generator)
         return fused_noise_add(batched, scale, self.state.config.noise, seed).view(output.shape)
 
@@ -237,19 +242,24 @@ class NoiseHook:
 
     def _scaled(self, magnitude: torch.Tensor) -> torch.Tensor:
         """A float32 magnitude times the schedule's factor and the module's own embedding scale, if any."""
-        if self.state.scheduled:
-            magnitude = magnitude * self.state.factor_tensor(magnitude.device)
-        scale = _embed_scale(self.scale_source)
+        schedule = self.state.schedule
+        if schedule.varies:
+            magnitude = magnitude * schedule.factor_tensor(magnitude.device)
+        return _times_embed_scale(magnitude, embed_scale(self.scale_source))
+
+    def _unit_scale(self, device: torch.device) -> torch.Tensor | None:
+        """`_scaled` of a magnitude of 1, as a new float32 tensor (the same bits); None when it would be 1."""
+        schedule, scale = self.state.schedule, embed_scale(self.scale_source)
+        if schedule.varies:
+            factor = schedule.factor_tensor(device)
+            return factor.clone() if scale is None else _times_embed_scale(factor, scale)
         if isinstance(scale, torch.Tensor):
-            magnitude = magnitude * scale.to(device=magnitude.device, dtype=torch.float32)
-        elif scale is not None:
-            magnitude = magnitude * scale
-        return magnitude
+            return scale.to(device=device, dtype=torch.float32, copy=True)
+        return None if scale is None else torch.full((), scale, dtype=torch.float32, device=device)
 
     def _warn_replay_evicted(self) -> None:
-        if self.state.warned_replay_evicted:
+        if not self.state.warn_once("replay_evicted"):
             return
-        self.state.warned_replay_evicted = True
         warnings.warn(
             f"NEFTune on '{self.module_name}': an activation-checkpoint recompute found no record of its forward's "
             f"noise, because more than {MAX_REPLAYS} noised forwards ran before their backward; this recompute adds "
@@ -260,9 +270,8 @@ class NoiseHook:
         )
 
     def _warn_unmatched(self, layout: Any, batched: torch.Tensor) -> None:
-        if self.state.warned_unmatched_layout:
+        if not self.state.warn_once("unmatched_layout"):
             return
-        self.state.warned_unmatched_layout = True
         shapes = {name: tuple(value.shape) for name, value in vars(layout).items() if isinstance(value, torch.Tensor)}
         warnings.warn(
             f"NEFTune on '{self.module_name}': the model was given {shapes}, which do not match the embedding "

@@ -88,11 +88,11 @@ class NoiseMonitor:
 
     def _check_noise_fired(self, steps: int) -> None:
         now = self.handle.counts
-        before, self._last_counts = self._last_counts, now
-        if now.noised + now.scheduled_off > before.noised + before.scheduled_off:
+        interval, self._last_counts = now - self._last_counts, now
+        if interval.noised + interval.scheduled_off > 0:
             return  # noise was added, or the schedule set alpha to 0 on purpose
         names = ", ".join(f"'{name}'" for name in self.handle.module_names)
-        calls = now.total - before.total
+        calls = interval.total
         if calls == 0:
             why = (
                 f"the hooked module {names} was never called by the model's forward (is the embedding computed "
@@ -100,10 +100,10 @@ class NoiseMonitor:
             )
         else:
             why = (
-                f"the hooked module {names} was called {calls} times: {now.eval_mode - before.eval_mode} in eval "
-                f"mode, {now.no_grad - before.no_grad} without autograd, {now.suspended - before.suspended} inside "
-                "disable_noise; put the embedding in training mode (model.train()); a reentrant activation "
-                "checkpoint around the embedding runs its forward without autograd: use use_reentrant=False"
+                f"the hooked module {names} was called {calls} times: {interval.eval_mode} in eval mode, "
+                f"{interval.no_grad} without autograd, {interval.suspended} inside disable_noise; put the embedding "
+                "in training mode (model.train()); a reentrant activation checkpoint around the embedding runs its "
+                "forward without autograd: use use_reentrant=False"
             )
         message = f"NEFTune added no noise during the last {steps} training step(s): {why}."
         if self.on_silent == "raise":

@@ -12,18 +12,24 @@ The arithmetic is done in float32 and rounded once to the output's dtype.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-# Indices of the noise kinds, passed to the kernel as a compile-time constant.
-KIND_INDEX = {"uniform": 0, "gaussian": 1, "symmetric": 2}
+from .. import noise
+from ..errors import NEFTuneError
+
 # Globals a kernel reads, annotations included, must be constexpr or from triton.language: the compiler refuses
 # others (the interpreter does not check; tests/test_kernel.py compiles for sm_90 to catch it).
-GAUSSIAN_STD = tl.constexpr(1.0 / math.sqrt(3.0))  # the uniform's variance (see neftune.noise)
+GAUSSIAN_STD = tl.constexpr(noise.GAUSSIAN_STD)  # the uniform's variance
+# A kernel cannot look a Python table up: each noise kind is a compile-time index, and noise_add_kernel has one
+# branch per index. KIND_INDEX covers every kind of neftune.noise.NOISES (tests/test_kernel.py checks).
+UNIFORM = tl.constexpr(0)
+GAUSSIAN = tl.constexpr(1)
+SYMMETRIC = tl.constexpr(2)
+KIND_INDEX: dict[str, int] = {"uniform": UNIFORM.value, "gaussian": GAUSSIAN.value, "symmetric": SYMMETRIC.value}
 # BLOCK_ROWS * BLOCK_Q: each program handles 4x this many elements, 32 per thread with 4 warps. Compiled offline
 # for sm_90 that is 64 registers (uniform), 85 (gaussian), 62 (symmetric), no spills; twice the tile doubles them.
 TILE_ELEMENTS = 1024
@@ -83,13 +89,15 @@ def noise_add_kernel(
         scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)[:, None]
     else:
         scale = tl.load(scale_ptr)
-    if KIND == 0:
+    # four random words to four unit noise values, by kind
+    if KIND == UNIFORM:
         u0, u1, u2, u3 = _to_uniform(w0), _to_uniform(w1), _to_uniform(w2), _to_uniform(w3)
-    elif KIND == 1:
+    elif KIND == GAUSSIAN:
         n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(w0), tl.uint_to_uniform_float(w1))
         n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(w2), tl.uint_to_uniform_float(w3))
         u0, u1, u2, u3 = n0 * GAUSSIAN_STD, n1 * GAUSSIAN_STD, n2 * GAUSSIAN_STD, n3 * GAUSSIAN_STD
     else:
+        tl.static_assert(KIND == SYMMETRIC, "noise_add_kernel: KIND is not an index of KIND_INDEX")
         u0, u1, u2, u3 = _to_symmetric(w0), _to_symmetric(w1), _to_symmetric(w2), _to_symmetric(w3)
     _add_quarter(x_ptr, out_ptr, rows, row_ok, q, hidden, scale, u0)
     _add_quarter(x_ptr, out_ptr, rows, row_ok, q + quarter, hidden, scale, u1)
@@ -102,6 +110,9 @@ INTERPRETED = type(noise_add_kernel).__name__ == "InterpretedFunction"  # TRITON
 
 def launch(output: torch.Tensor, scale: torch.Tensor, kind: str, seed: torch.Tensor) -> torch.Tensor:
     """`output + scale * noise` as a new tensor; `output` contiguous, `scale` float32 0-D or one per token."""
+    kind_index = KIND_INDEX.get(kind)
+    if kind_index is None:
+        raise NEFTuneError(f"neftune's fused kernel draws noise of kinds {tuple(KIND_INDEX)}, got {kind!r}.")
     result = torch.empty_like(output)
     hidden = output.shape[-1]
     n_rows = output.numel() // hidden if hidden else 0
@@ -120,7 +131,7 @@ def launch(output: torch.Tensor, scale: torch.Tensor, kind: str, seed: torch.Ten
         hidden,
         quarter,
         PER_TOKEN=scale.dim() > 0,
-        KIND=KIND_INDEX[kind],
+        KIND=kind_index,
         BLOCK_ROWS=block_rows,
         BLOCK_Q=block_q,
         num_warps=NUM_WARPS,
