@@ -197,3 +197,46 @@ def test_real_process_exit_status_and_no_traceback(tmp_path: Path) -> None:
         "neftune demo: error: NEFTune alpha must be >= 0, got -1.0; use a positive value such as 5.0, or 0 to turn "
         "noise off."
     ]
+
+
+def test_every_sweep_flag_reaches_the_sweep_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The sweep's flags are passed on by name: each one set on the command line arrives in `SweepConfig`."""
+    import neftune.sweep
+
+    seen: list[Any] = []
+    monkeypatch.setattr(neftune.sweep, "run_sweep", lambda config: seen.append(config) or {"cells": []})
+    argv = ["sweep", "--output-dir", str(tmp_path / "out"), "--alphas", "0,7", "--seeds", "3,4"]
+    argv += ["--scalings", "per_sequence,padded", "--packing", "--margin", "0.02", "--noisy-loss-draws", "3"]
+    argv += ["--eval-batch-size", "4", "--time-budget", "60", "--finetune", "lora", "--lora-r", "4"]
+    argv += ["--epochs", "2", "--learning-rate", "0.001", "--batch-size", "2", "--gradient-accumulation", "2"]
+    argv += ["--max-length", "96", "--max-train-examples", "20", "--heldout", "6", "--eval-prompts", "5"]
+    argv += ["--max-new-tokens", "12", "--prefix-words", "4", "--prompt-format", "alpaca"]
+    assert cli.main(argv) == 0
+    (config,) = seen
+    expected = {
+        "output_dir": str(tmp_path / "out"),
+        "alphas": (0.0, 7.0),
+        "seeds": (3, 4),
+        "scalings": ("per_sequence", "padded"),
+        "packing": True,
+        "margin": 0.02,
+        "noisy_loss_draws": 3,
+        "eval_batch_size": 4,
+        "time_budget": 60.0,
+        "finetune": "lora",
+        "lora_r": 4,
+        "steps": None,
+        "epochs": 2.0,
+        "learning_rate": 0.001,
+        "batch_size": 2,
+        "gradient_accumulation": 2,
+        "max_length": 96,
+        "max_train_examples": 20,
+        "heldout": 6,
+        "eval_prompts": 5,
+        "max_new_tokens": 12,
+        "prefix_words": 4,
+        "prompt_format": "alpaca",
+        "model": None,
+    }
+    assert {name: getattr(config, name) for name in expected} == expected

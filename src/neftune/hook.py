@@ -15,7 +15,6 @@ from .model_families import embed_scale
 from .noise import draw_unit_noise, noise_distribution
 from .replay import MAX_REPLAYS, DrawPlan, Replay, default_generator, ids_key, in_backward
 from .state import NoiseState
-from .stats import StatsAccumulator
 
 
 def _as_batch(output: torch.Tensor, module_name: str) -> torch.Tensor | None:
@@ -187,8 +186,13 @@ class NoiseHook:
         # The noise buffer becomes the result: one allocation, the size of the output. (A fused addcmul would save
         # a pass but rounds differently on CPU, breaking bit-equality with the paper's code.)
         stats = self.state.stats if track else None
-        if plan.fused:
-            return self._fused(plan, output, batched, generator, real, stats)
+        if plan.fused:  # draw, scale and add in one Triton kernel (neftune.kernels): no noise tensor exists
+            assert plan.scale is not None
+            scale = plan.scale if plan.scale.dim() == 0 else plan.scale.view(*batched.shape[:2])
+            if stats is not None:  # the noise's expected square, from the scale
+                stats.add_expected(scale, noise_distribution(self.state.config.noise).unit_variance, batched, real)
+            seed = draw_seed(output.device, generator)
+            return fused_noise_add(batched, scale, self.state.config.noise, seed).view(output.shape)
         if plan.uniform_bound is not None:
             noise = torch.empty_like(output).uniform_(-plan.uniform_bound, plan.uniform_bound, generator=generator)
         else:
@@ -204,23 +208,6 @@ class NoiseHook:
         if stats is not None and (plan.pre_scale is not None or plan.uniform_bound is not None):
             stats.add(noise, batched, None)
         return noise.add_(output)
-
-    def _fused(
-        self,
-        plan: DrawPlan,
-        output: torch.Tensor,
-        batched: torch.Tensor,
-        generator: torch.Generator | None,
-        real: torch.Tensor | None,
-        stats: StatsAccumulator | None,
-    ) -> torch.Tensor:
-        """Draw, scale and add in one Triton kernel (neftune.kernels): no noise tensor exists."""
-        assert plan.scale is not None
-        scale = plan.scale if plan.scale.dim() == 0 else plan.scale.view(*batched.shape[:2])
-        if stats is not None:  # the noise's expected square, from the scale
-            stats.add_expected(scale, noise_distribution(self.state.config.noise).unit_variance, batched, real)
-        seed = draw_seed(output.device, generator)
-        return fused_noise_add(batched, scale, self.state.config.noise, seed).view(output.shape)
 
     def _replay(self, replay: Replay, output: torch.Tensor) -> torch.Tensor:
         """The forward's noise again, from a copy of the generator state it drew from."""

@@ -13,6 +13,7 @@ errors are one line too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -136,40 +137,40 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:  # type: ign
     )
     sweep.add_argument("--dataset", default=None, help="hub id, or a local .json/.jsonl (Alpaca, Dolly or messages)")
     sweep.add_argument("--output-dir", default=defaults.output_dir)
-    sweep.add_argument("--alphas", type=_floats, default=defaults.alphas, help="comma-separated (default: 0,5,10,15)")
-    sweep.add_argument("--seeds", type=_ints, default=defaults.seeds, help="comma-separated (default: 0)")
-    sweep.add_argument(
-        "--noises",
-        type=_words,
-        default=defaults.noises,
-        help=f"noise kinds to compare, comma-separated: {','.join(NOISE_KINDS)} (default: uniform)",
+    valued = (  # flag, parser, default, help
+        ("--alphas", _floats, defaults.alphas, "comma-separated (default: 0,5,10,15)"),
+        ("--seeds", _ints, defaults.seeds, "comma-separated (default: 0)"),
+        (
+            "--noises",
+            _words,
+            defaults.noises,
+            f"noise kinds to compare, comma-separated: {','.join(NOISE_KINDS)} (default: uniform)",
+        ),
+        (
+            "--scalings",
+            _words,
+            defaults.scalings,
+            "what L is, comma-separated: per_sequence (neftune), padded (transformers' hook); default: per_sequence",
+        ),
+        (
+            "--margin",
+            float,
+            defaults.margin,
+            "non-inferiority margin of the held-out loss in nats, fixed before the run (default: %(default)s)",
+        ),
+        (
+            "--noisy-loss-draws",
+            int,
+            defaults.noisy_loss_draws,
+            "noise draws averaged in the noisy training loss (default: %(default)s)",
+        ),
+        ("--eval-batch-size", int, defaults.eval_batch_size, "generation and loss batch size"),
+        ("--time-budget", float, None, "seconds after which no new cell starts (rerun to continue)"),
     )
-    sweep.add_argument(
-        "--scalings",
-        type=_words,
-        default=defaults.scalings,
-        help="what L is, comma-separated: per_sequence (neftune), padded (transformers' hook); default: per_sequence",
-    )
+    for flag, parse, default, text in valued:
+        sweep.add_argument(flag, type=parse, default=default, help=text)
     sweep.add_argument(
         "--packing", action="store_true", help="train with TRL packing (best-fit decreasing, padding-free rows)"
-    )
-    sweep.add_argument(
-        "--margin",
-        type=float,
-        default=defaults.margin,
-        help="non-inferiority margin of the held-out loss in nats, fixed before the run (default: %(default)s)",
-    )
-    sweep.add_argument(
-        "--noisy-loss-draws",
-        type=int,
-        default=defaults.noisy_loss_draws,
-        help="noise draws averaged in the noisy training loss (default: %(default)s)",
-    )
-    sweep.add_argument(
-        "--eval-batch-size", type=int, default=defaults.eval_batch_size, help="generation and loss batch size"
-    )
-    sweep.add_argument(
-        "--time-budget", type=float, default=None, help="seconds after which no new cell starts (rerun to continue)"
     )
     sweep.add_argument("--finetune", choices=["full", "lora"], default=defaults.finetune)
     sweep.add_argument("--lora-r", type=int, default=defaults.lora_r)
@@ -206,34 +207,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from ..sweep import SweepConfig, run_sweep
 
     steps = args.steps if args.steps is not None else (None if args.epochs else SweepConfig().steps)
-    config = SweepConfig(
-        model=model,
-        dataset=args.dataset,
-        output_dir=args.output_dir,
-        alphas=args.alphas,
-        seeds=args.seeds,
-        noises=args.noises,
-        scalings=args.scalings,
-        packing=args.packing,
-        margin=args.margin,
-        noisy_loss_draws=args.noisy_loss_draws,
-        eval_batch_size=args.eval_batch_size,
-        time_budget=args.time_budget,
-        finetune=args.finetune,
-        lora_r=args.lora_r,
-        steps=steps,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-        gradient_accumulation=args.gradient_accumulation,
-        max_length=args.max_length,
-        max_train_examples=args.max_train_examples,
-        heldout=args.heldout,
-        eval_prompts=args.eval_prompts,
-        max_new_tokens=args.max_new_tokens,
-        prefix_words=args.prefix_words,
-        prompt_format=args.prompt_format,
-    )
+    fields = {field.name for field in dataclasses.fields(SweepConfig)}
+    flags = {name: value for name, value in vars(args).items() if name in fields}  # every flag's dest is a field
+    config = SweepConfig(**{**flags, "model": model, "steps": steps})
     summary = run_sweep(config)
     print(f"wrote {config.output_dir}/results.json, report.md and metrics.png ({len(summary['cells'])} cells)")
     return 0

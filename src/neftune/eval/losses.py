@@ -13,8 +13,10 @@ from ..apply import apply_neftune
 from ..config import NEFTuneConfig
 from ..eval_mode import clean_evaluation, preserved_modes
 
+Pairs = Sequence[tuple[str, str]]  # (prompt, completion)
 
-def _rows(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
+
+def _rows(tokenizer: Any, pairs: Pairs, max_length: int) -> list[tuple[list[int], list[int]]]:
     rows = []
     for prompt, completion in pairs:
         prompt_ids = tokenizer(prompt)["input_ids"]  # with BOS, as the trainer tokenised it
@@ -57,12 +59,7 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def completion_losses(
-    model: nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
-    *,
-    batch_size: int = 8,
-    max_length: int = 512,
+    model: nn.Module, tokenizer: Any, pairs: Pairs, *, batch_size: int = 8, max_length: int = 512
 ) -> list[tuple[float, int]]:
     """(summed cross-entropy, scored tokens) of each completion given its prompt (prompt tokens not scored),
     in eval mode without noise; the prompt and completion are cut together at `max_length` as in training."""
@@ -71,12 +68,7 @@ def completion_losses(
 
 
 def mean_completion_loss(
-    model: nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
-    *,
-    batch_size: int = 8,
-    max_length: int = 512,
+    model: nn.Module, tokenizer: Any, pairs: Pairs, *, batch_size: int = 8, max_length: int = 512
 ) -> float:
     """Token-weighted mean cross-entropy of each completion given its prompt (prompt tokens not scored),
     in eval mode without noise."""
@@ -87,7 +79,7 @@ def mean_completion_loss(
 def noisy_completion_losses(
     model: nn.Module,
     tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
+    pairs: Pairs,
     config: NEFTuneConfig,
     *,
     draws: int = 4,
