@@ -1,1 +1,2 @@
-"""Ways into frameworks that already set `neftune_noise_alpha`: the transformers patch and the axolotl plugin."""
+"""transformers and up: the callback, the drop-in TRL trainer, the clean-loss probe, the transformers patch and the
+axolotl plugin."""
