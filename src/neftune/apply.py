@@ -85,6 +85,11 @@ class NEFTuneHandle:
         return self._state.stats.read(self._state.alpha, noised, total)
 
     @property
+    def tracks_stats(self) -> bool:
+        """Whether `read_stats()` measures the noise and embedding RMS (`apply_neftune(..., track_stats=True)`)."""
+        return self._state.stats is not None
+
+    @property
     def alpha(self) -> float:
         """The alpha in force now: `config.alpha` times the schedule's factor at the current progress."""
         return self._state.alpha

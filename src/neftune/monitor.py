@@ -37,7 +37,8 @@ class NoiseMonitor:
     Args:
         handle (`NEFTuneHandle`): the application to follow.
         log_stats (`bool`, defaults to `True`): log noise and embedding RMS (the handle must track them,
-            `apply_neftune(..., track_stats=True)`); False logs only `neftune/alpha` and `neftune/noised_calls`.
+            `apply_neftune(..., track_stats=True)`, else `NEFTuneError`); False logs only `neftune/alpha` and
+            `neftune/noised_calls`.
         on_silent (`"raise"` or `"warn"`, defaults to `"raise"`): what an interval without noise does.
     """
 
@@ -47,18 +48,24 @@ class NoiseMonitor:
         self.handle = handle
         self.log_stats = LOG_STATS.validate(log_stats)
         self.on_silent = ON_SILENT.validate(on_silent)
+        if self.log_stats and not handle.tracks_stats:  # its RMS would be NaN at every log
+            raise NEFTuneError(
+                "NoiseMonitor(log_stats=True) needs a handle that measures the noise: apply_neftune(..., "
+                "track_stats=True), or NoiseMonitor(handle, log_stats=False) to log only the alpha and the counts."
+            )
         self._last_step = 0
         self._last_counts = CallCounts()
 
     def start(self, step: int, max_steps: int | None) -> None:
         """Begin following training at optimizer step `step` (0, or where a resumed run starts)."""
-        self.advance(step, max_steps)
+        self.advance(step, max_steps)  # checks the step
         self._last_step = step
         self._last_counts = self.handle.counts
         self.handle.read_stats()  # the first interval starts now
 
     def advance(self, step: int, max_steps: int | None) -> None:
         """The schedule's progress and the seeded noise stream follow the optimizer step about to run."""
+        _check_step(step)
         if self.handle.active:
             total = max_steps or 0
             self.handle.set_progress(min(step / total, 1.0) if total > 0 else 0.0)
@@ -75,6 +82,11 @@ class NoiseMonitor:
         hooks are gone. Raises `NEFTuneError` (or warns, with `on_silent="warn"`) when the interval's training steps
         added no noise.
         """
+        if _check_step(step) < self._last_step:
+            raise NEFTuneError(
+                f"NoiseMonitor.log_entries: step {step} is before step {self._last_step}, the last one logged; pass "
+                "the optimizer step, which only grows (call start() to follow a new run)."
+            )
         if not self.has_new_steps(step):
             return {}
         steps, self._last_step = step - self._last_step, step
@@ -110,3 +122,9 @@ class NoiseMonitor:
             raise NEFTuneError(message)
         logger.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _check_step(step: object) -> int:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise NEFTuneError(f"step must be a non-negative int, got {step!r}; pass the optimizer step (0, 1, ...).")
+    return step

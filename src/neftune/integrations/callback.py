@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -111,10 +112,10 @@ class NEFTuneCallback(TrainerCallback):
             `NEFTuneCallback`: this callback, so `NEFTuneCallback(5.0).attach(trainer)` reads as one line.
         """
         trainer.pop_callback(self)
-        others = [trainer.pop_callback(callback) for callback in list(trainer.callback_handler.callbacks)]
-        trainer.add_callback(self)
-        for callback in others:
-            trainer.add_callback(callback)
+        trainer.add_callback(self)  # transformers warns here when another NEFTuneCallback is listed already
+        listed = trainer.callback_handler.callbacks
+        others = [trainer.pop_callback(callback) for callback in list(listed) if callback is not self]
+        listed.extend(others)  # back behind it as they were; add_callback would warn again about repeated classes
         return self
 
     def on_train_begin(
@@ -152,13 +153,15 @@ class NEFTuneCallback(TrainerCallback):
             control.should_log = True  # log this step so the clean loss sits beside the noisy training loss
         return control
 
-    def log_entries(self, state: TrainerState) -> dict[str, float]:
-        """This step's `neftune/...` entries, once: empty when no training step ran since they were last taken.
+    def log_entries(self, state: TrainerState, logs: Mapping[str, float]) -> dict[str, float]:
+        """The `neftune/...` entries for `logs`, once: empty unless `logs` is a training log (it has the training
+        `loss`; an evaluation between logging steps and the training summary have none) and a training step ran
+        since they were last taken.
 
         A trainer that owns the callback (neftune's `SFTTrainer`) calls it in its `log()` override, before
         `Trainer.log` copies `logs` into `state.log_history` and calls the reporting callbacks.
         """
-        if self.monitor is None or not self.monitor.has_new_steps(state.global_step):
+        if self.monitor is None or "loss" not in logs or not self.monitor.has_new_steps(state.global_step):
             return {}
         entries, self._pending = self._pending, {}
         entries.update(self.monitor.log_entries(state.global_step))
@@ -167,9 +170,9 @@ class NEFTuneCallback(TrainerCallback):
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """For trainers that do not call `log_entries` themselves: add the entries to `logs` and the history."""
         logs = kwargs.get("logs")
-        entries = self.log_entries(state) if logs is not None else {}
+        entries = self.log_entries(state, logs) if logs is not None else {}
         if logs is None or not entries:
-            return  # not training, no training step since the last log, or the trainer took them already
+            return  # not a training log, no training step since the last one, or the trainer took them already
         logs.update(entries)  # the callbacks after this one (the console's, transformers adds it last) see them
         # `Trainer.log` appended its copy of `logs` to the history before calling on_log: complete that entry.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:

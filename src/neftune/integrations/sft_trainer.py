@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import field, make_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trl
 
@@ -65,18 +65,23 @@ class _CheckedSFTConfig(trl.SFTConfig):  # type: ignore[misc]
         super().__post_init__()
 
 
-# Generated from neftune.options: one `neftune_<name>` field per option, in the table's order.
-SFTConfig: Any = make_dataclass(
-    "SFTConfig",
-    [(option.field_name, _field_type(option), _field(option)) for option in FIELD_OPTIONS],
-    bases=(_CheckedSFTConfig,),
-    namespace={
-        "__module__": __name__,
-        "__doc__": "`trl.SFTConfig` with NEFTune on by default (alpha 5) and every option of `neftune.options` as "
-        "a `neftune_*` field: the noise (`neftune_noise_alpha`, `neftune_scaling`, ...) and the trainer's "
-        "(`neftune_clean_loss_steps`, ...).",
-    },
-)
+if TYPE_CHECKING:  # a class to type checkers, so that user code can subclass it and name it in annotations
+
+    class SFTConfig(_CheckedSFTConfig):
+        """What type checkers see of the class generated below (its `neftune_*` fields are not declared here)."""
+
+else:  # generated from neftune.options: one `neftune_<name>` field per option, in the table's order
+    SFTConfig = make_dataclass(
+        "SFTConfig",
+        [(option.field_name, _field_type(option), _field(option)) for option in FIELD_OPTIONS],
+        bases=(_CheckedSFTConfig,),
+        namespace={
+            "__module__": __name__,
+            "__doc__": "`trl.SFTConfig` with NEFTune on by default (alpha 5) and every option of `neftune.options` "
+            "as a `neftune_*` field: the noise (`neftune_noise_alpha`, `neftune_scaling`, ...) and the trainer's "
+            "(`neftune_clean_loss_steps`, ...).",
+        },
+    )
 
 
 class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
@@ -107,7 +112,7 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the `neftune/...` entries before `Trainer.log` records `logs` and calls the reporting callbacks."""
-        logs.update(self.neftune_callback.log_entries(self.state))
+        logs.update(self.neftune_callback.log_entries(self.state, logs))
         super().log(logs, *args, **kwargs)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
