@@ -213,3 +213,18 @@ def test_patch_transformers_refuses_a_bad_on_silent() -> None:
     with pytest.raises(neftune.NEFTuneError, match="on_silent"):
         neftune.patch_transformers(on_silent="loud")
     assert torch is not None
+
+
+def test_a_callback_removed_during_training_does_not_hide_the_exception(tokenizer: Any, tmp_path: Path) -> None:
+    class RemovesNeftune(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            run.pop_callback(neftune.NEFTuneCallback)
+            raise RuntimeError("training failed on purpose")
+
+    neftune.patch_transformers()
+    run = trainer(tokenizer, tmp_path, HookCensus(), neftune_noise_alpha=5.0)
+    run.add_callback(RemovesNeftune())
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run.train()
+    assert run.neftune_noise_alpha == 5.0  # the trainer's own setting is given back
+    assert not any(isinstance(h, NoiseHook) for m in run.model.modules() for h in m._forward_hooks.values())

@@ -165,7 +165,8 @@ def _patched(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, *args, **kwargs)
         finally:
             callback.release()
-            self.remove_callback(callback)
+            if callback in self.callback_handler.callbacks:  # user code may have removed it; keep its exception
+                self.remove_callback(callback)
             self.neftune_noise_alpha = own_alpha
 
     setattr(train, "__neftune_patched__", True)  # noqa: B010
