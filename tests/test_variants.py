@@ -69,6 +69,17 @@ def test_the_literal_types_name_exactly_the_tables_rows() -> None:
     assert get_args(ScheduleKind) == tuple(DECAYS) == SCHEDULES
 
 
+# Each kind's unit variance and bound, written out independently of the table (a new kind adds its row here).
+KNOWN_NOISE = {"uniform": (1.0 / 3.0, 1.0), "gaussian": (1.0 / 3.0, None), "symmetric": (1.0, 1.0)}
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_each_noise_row_states_the_known_variance_and_bound(kind: str) -> None:
+    assert set(KNOWN_NOISE) == set(NOISES)
+    variance, bound = KNOWN_NOISE[kind]
+    assert NOISES[kind].unit_variance == pytest.approx(variance, abs=1e-15) and NOISES[kind].bound == bound
+
+
 @pytest.mark.parametrize("kind", NOISE_KINDS)
 def test_each_noise_kind_draws_what_its_row_declares(kind: str) -> None:
     row = NOISES[kind]
@@ -112,7 +123,7 @@ def test_every_kind_respects_padding_and_packed_lengths(kind: str) -> None:
         segment = noise[start : start + length]
         rms = segment.pow(2).mean().sqrt().item()
         # RMS of uniform, matched-variance gaussian and symmetric/sqrt(3)... all scale with 1/sqrt(L)
-        expected = ALPHA / math.sqrt(length * 64) * math.sqrt(NOISES[kind].unit_variance)
+        expected = ALPHA / math.sqrt(length * 64) / (math.sqrt(3) if kind != "symmetric" else 1.0)
         assert rms == pytest.approx(expected, rel=0.15)
         start += length
     mask = padding_mask([5, 64], 64)
@@ -123,9 +134,8 @@ def test_every_kind_respects_padding_and_packed_lengths(kind: str) -> None:
 @pytest.mark.parametrize("kind", [kind for kind in NOISE_KINDS if kind != "uniform"])  # uniform: test_formula.py
 def test_padded_scaling_works_with_other_kinds(kind: str) -> None:
     noise = zero_embedding_noise(NEFTuneConfig(ALPHA, scaling="padded", noise=kind), 2, 64, 64)
-    row = NOISES[kind]
-    if row.bound is not None and row.unit_variance == row.bound**2:  # +-1: every element is exactly the magnitude
-        assert torch.allclose(noise.abs(), torch.full_like(noise, ALPHA / math.sqrt(64 * 64) * row.bound))
+    if kind == "symmetric":
+        assert torch.allclose(noise.abs(), torch.full_like(noise, ALPHA / math.sqrt(64 * 64)))
     assert (noise != 0).all()
 
 
