@@ -27,4 +27,4 @@ python -m neftune sweep \
   --alphas 0,5 --seeds 0,1,2,3,4 --scalings per_sequence,padded --packing --margin 0.01 \
   --finetune lora --lora-r 16 --learning-rate 2e-4 --epochs 3 --batch-size 1 --max-length 1024 \
   --max-train-examples "$train" --heldout 64 --eval-prompts 64 --max-new-tokens 96 --prefix-words 32 \
-  --noisy-loss-draws 2 --prompt-format alpaca "${budget[@]}" --output-dir "$out"
+  --noisy-loss-draws 2 --eval-batch-size 32 --prompt-format alpaca "${budget[@]}" --output-dir "$out"
