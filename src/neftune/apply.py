@@ -30,6 +30,13 @@ _TRANSFORMERS_HOOK_NAME = "neftune_post_forward_hook"
 _warned_alpha_zero = False
 
 
+def check_step(step: object) -> int:
+    """`step` if it is an optimizer step (an int >= 0), else `NEFTuneError`."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise NEFTuneError(f"step must be a non-negative int, got {step!r}; pass the optimizer step (0, 1, ...).")
+    return step
+
+
 class NEFTuneHandle:
     """What `apply_neftune` returns: the hooked modules, the config, and the way to undo it.
 
@@ -111,9 +118,7 @@ class NEFTuneHandle:
         (seed, rank, step), so a resumed run draws what the uninterrupted run drew. A single process without a
         seed draws from torch's global RNG, and this does nothing.
         """
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise NEFTuneError(f"step must be a non-negative int, got {step!r}.")
-        self._state.set_step(step)
+        self._state.set_step(check_step(step))
 
     @property
     def active(self) -> bool:

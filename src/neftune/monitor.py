@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from .apply import NEFTuneHandle
+from .apply import NEFTuneHandle, check_step
 from .errors import NEFTuneError
 from .options import LOG_STATS, ON_SILENT, OnSilent
 from .state import CallCounts
@@ -65,7 +65,7 @@ class NoiseMonitor:
 
     def advance(self, step: int, max_steps: int | None) -> None:
         """The schedule's progress and the seeded noise stream follow the optimizer step about to run."""
-        _check_step(step)
+        check_step(step)
         if self.handle.active:
             total = max_steps or 0
             self.handle.set_progress(min(step / total, 1.0) if total > 0 else 0.0)
@@ -82,7 +82,7 @@ class NoiseMonitor:
         hooks are gone. Raises `NEFTuneError` (or warns, with `on_silent="warn"`) when the interval's training steps
         added no noise.
         """
-        if _check_step(step) < self._last_step:
+        if check_step(step) < self._last_step:
             raise NEFTuneError(
                 f"NoiseMonitor.log_entries: step {step} is before step {self._last_step}, the last one logged; pass "
                 "the optimizer step, which only grows (call start() to follow a new run)."
@@ -122,9 +122,3 @@ class NoiseMonitor:
             raise NEFTuneError(message)
         logger.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def _check_step(step: object) -> int:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise NEFTuneError(f"step must be a non-negative int, got {step!r}; pass the optimizer step (0, 1, ...).")
-    return step
