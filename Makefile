@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neftune-installed
 
-.PHONY: setup demo test test-slow lint support-matrix bench gpu-test gpu-bench test-oldest test-axolotl test-llamafactory
+.PHONY: setup demo test test-slow lint support-matrix bench gpu-test gpu-bench device-kit test-oldest test-axolotl test-llamafactory
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -42,6 +42,11 @@ gpu-test: $(STAMP)
 gpu-bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,bench]"
 	$(PY) benchmarks/overhead.py --device cuda
+
+# For the project's own GPU machine, which has no package index and takes 64 MiB a call: wheels, the Dolly file and
+# the SmolLM2 GGUF in carry-sized parts, in .device/ (docs/GPU_RESULTS.md: how to carry it and what to run there).
+device-kit: $(STAMP)
+	$(PY) benchmarks/gpu/kit.py build
 
 # The oldest versions we declare (constraints-oldest.txt: the pyproject floors), in a venv of their own. CI runs it.
 OLDEST_VENV ?= .venv-oldest

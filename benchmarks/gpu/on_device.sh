@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Runs on the project's device machine (CUDA, no package index, 64 MiB a call), from the repository root, over the
+# kit that `make device-kit` built here (.device/, see benchmarks/gpu/kit.py and docs/GPU_RESULTS.md):
+#
+#   bash benchmarks/gpu/on_device.sh STEP [STEP ...]
+#
+#   setup      install .device/whl into /tmp/neftune-site (once per machine), put the Dolly file where the
+#              scripts read it, record the machine and check every requirement's version -> $OUT/setup.txt
+#   model      collect the carried model parts; once all are there, join them into .gemma/ (sha256 checked)
+#   test       `make gpu-test`'s pytest run on the image's python3                  -> $OUT/gpu-test.log
+#   bench      `make gpu-bench`'s benchmark; its result files                     -> $OUT/gpu-bench.log, bench.tar.gz
+#   replicate  run_gpu.sh on SmolLM2 for BUDGET seconds (default 300), resumable  -> $OUT/replicate.log,
+#              replication.tar.gz (the study directory: unpack it at the repository root and commit it)
+#
+# Every step runs even when an earlier one failed (setup and model excepted: later steps need them); the exit
+# status is the worst step's. The image's python3 holds the CUDA torch and triton: they are never replaced.
+set -uo pipefail
+OUT=${OUT:-/tmp/neftune-out}
+SITE=${NEFTUNE_SITE:-/tmp/neftune-site}    # survives between calls to a warm machine, as .gemma/ does
+PARTS=${NEFTUNE_PARTS:-/tmp/neftune-parts}
+STUDY=benchmarks/quality/gpu-replication
+mkdir -p "$OUT"
+export PYTHONPATH="$SITE:$PWD/src" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+  TOKENIZERS_PARALLELISM=false TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+
+step_setup() {
+  [ -f .device/manifest.json ] || { echo "no .device/manifest.json: build the kit (make device-kit) and carry it"; return 2; }
+  if [ ! -f "$SITE/.installed" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      .device/whl/*.whl || return 2
+    touch "$SITE/.installed"
+  fi
+  if [ ! -f ../shared/data/dolly/dolly-6400.jsonl ] && [ -f .device/data/dolly-6400.jsonl ]; then
+    # the same path as on the development machine, so a study resumed there or here has the same settings
+    mkdir -p ../shared/data/dolly && cp .device/data/dolly-6400.jsonl ../shared/data/dolly/ || return 2
+  fi
+  {
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    python3 -c "import sys, torch, triton, transformers, trl, peft; print(sys.version.split()[0], 'torch', \
+torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', transformers.__version__, \
+'trl', trl.__version__, 'peft', peft.__version__, torch.cuda.get_device_name())"
+    python3 benchmarks/gpu/kit.py check
+  } 2>&1 | tee "$OUT/setup.txt"
+}
+
+step_model() {
+  mkdir -p "$PARTS" .gemma
+  cp -f .device/model/part-* "$PARTS"/ 2>/dev/null
+  local have need
+  have=$(find "$PARTS" -name 'part-*' | wc -l)
+  need=$(python3 -c "import json; print(len(json.load(open('.device/manifest.json'))['model']['parts']))")
+  if [ "$have" -lt "$need" ]; then echo "model: $have of $need parts here; carry the next (manifest 'calls')"; return 0; fi
+  python3 benchmarks/gpu/kit.py assemble "$PARTS" && cp -f "$PARTS"/*.gguf .gemma/
+}
+
+step_test() {
+  python3 -m pytest -m gpu -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu-test.log"
+}
+
+step_bench() {
+  python3 benchmarks/overhead.py --device cuda 2>&1 | tee "$OUT/gpu-bench.log" || return 1
+  tar czf "$OUT/bench.tar.gz" benchmarks/results README.md
+}
+
+step_replicate() {
+  [ -f .gemma/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "replicate: the model is not joined yet (step model)"; return 2; }
+  GGUFS=SmolLM2-135M-Instruct.Q4_1 PYTHON=python3 BUDGET=${BUDGET:-300} \
+    bash benchmarks/quality/run_gpu.sh "$STUDY" 2>&1 | tee "$OUT/replicate.log"
+  local status=$?
+  tar czf "$OUT/replication.tar.gz" "$STUDY"
+  return $status
+}
+
+worst=0
+for step in "$@"; do
+  case $step in
+    setup | model | test | bench | replicate) ;;
+    *) echo "on_device.sh: unknown step '$step'; steps: setup model test bench replicate" >&2; exit 2 ;;
+  esac
+  echo "=== $step"
+  "step_$step"
+  status=$?
+  echo "=== $step: exit $status"
+  [ "$status" -gt "$worst" ] && worst=$status
+  if [ "$status" -ne 0 ] && { [ "$step" = setup ] || [ "$step" = model ]; }; then exit "$status"; fi
+done
+exit "$worst"
