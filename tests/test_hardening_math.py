@@ -218,6 +218,60 @@ def test_checkpoint_recompute_of_a_suspended_forward_adds_no_noise() -> None:
         assert b.grad is not None and torch.equal(a, b.grad)
 
 
+def _two_forwards_then_backwards_in_order(model: nn.Module, config: NEFTuneConfig) -> list[torch.Tensor]:
+    """The same ids tensor through two noised forwards, then each loss's backward in forward order."""
+    apply_neftune(model, config)
+    model.train()
+    ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(321)
+    first, second = model(ids), model(ids)
+    grads = []
+    for loss in (first, second):
+        model.zero_grad()
+        loss.backward()
+        grads += [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+    return grads
+
+
+@pytest.mark.parametrize("rng_mode", ["global_rng", "seeded"])
+@pytest.mark.parametrize("route", ["reentrant", "non_reentrant"])
+def test_two_forwards_of_one_ids_tensor_each_recompute_their_own_noise(route: str, rng_mode: str) -> None:
+    """Backward in forward order: the first recompute must take the first forward's noise, not the newest. Told
+    apart by torch's RNG state, which checkpointing restores (neftune's own draws or the dropout between forwards
+    advance it)."""
+    config = NEFTuneConfig(alpha=ALPHA, **RNG_MODES[rng_mode])
+    torch.manual_seed(0)
+    plain = CheckpointedNet("plain")
+    checkpointed = BUILDERS[route]()
+    checkpointed.load_state_dict(plain.state_dict())
+    expected = _two_forwards_then_backwards_in_order(plain, config)
+    got = _two_forwards_then_backwards_in_order(checkpointed, config)
+    assert len(got) == len(expected) > 0
+    difference = max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True))
+    assert difference == 0.0, f"max gradient difference {difference}"
+
+
+@pytest.mark.parametrize("route", ["reentrant", "non_reentrant"])
+def test_two_forwards_with_one_loss_recompute_their_own_noise_without_dropout(route: str) -> None:
+    """neftune's own generator and no random op between the forwards: torch's RNG state cannot tell the replays
+    apart, and one backward over both losses recomputes the newest first, which is what it takes."""
+    config = NEFTuneConfig(alpha=ALPHA, seed=9)
+    torch.manual_seed(0)
+    plain = CheckpointedNet("plain")
+    checkpointed = BUILDERS[route]()
+    checkpointed.load_state_dict(plain.state_dict())
+    grads = []
+    for model in (plain, checkpointed):
+        model.stages[1].p = 0.0
+        apply_neftune(model, config)
+        model.train()
+        ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(4))
+        (model(ids) + 2 * model(ids)).backward()
+        grads.append([p.grad.detach().clone() for p in model.parameters() if p.grad is not None])
+    difference = max(float((a - b).abs().max()) for a, b in zip(*grads, strict=True))
+    assert difference == 0.0, f"max gradient difference {difference}"
+
+
 def test_replays_are_dropped_at_every_step_and_bounded() -> None:
     from neftune.replay import MAX_REPLAYS
 

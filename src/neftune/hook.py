@@ -93,7 +93,8 @@ class NoiseHook:
             state.count("eval_mode")
             return None
         if in_backward():  # activation checkpointing recomputes this forward: add what the forward added
-            replay = state.replays.take(id(self), ids_key(args))
+            device = output.device if isinstance(output, torch.Tensor) else torch.device("cpu")
+            replay = state.replays.take(id(self), ids_key(args), default_generator(device).get_state())
             if replay is None and state.replays.evicted:
                 self._warn_replay_evicted()
             return None if replay is None else self._replay(replay, output)
@@ -127,8 +128,9 @@ class NoiseHook:
         own = state.generators is not None
         generator = state.generator_for(output.device) if own else None
         if not torch.compiler.is_compiling():
-            rng = generator if generator is not None else default_generator(output.device)
-            state.replays.add(Replay(id(self), ids_key(args), rng.get_state(), own, plan))
+            rng_state = (generator if generator is not None else default_generator(output.device)).get_state()
+            torch_state = default_generator(output.device).get_state() if own else rng_state
+            state.replays.add(Replay(id(self), ids_key(args), rng_state, own, plan, torch_state))
         return self._draw_and_add(plan, output, batched, generator, real, track=True)
 
     def _padded_plan(self, output: torch.Tensor, batched: torch.Tensor) -> DrawPlan:

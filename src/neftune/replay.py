@@ -5,10 +5,17 @@ region's forward again during backward. An embedding inside such a region would 
 own generators are not among the RNG states torch restores) and would see no layout (the enclosing forwards have
 returned), so the recomputed activations, and with them the gradients, would differ from the forward's.
 
-Every noised forward therefore leaves a `Replay`: the generator state before its draw and the per-token scale it
-used. A call of the hooked module while autograd runs a backward pass is a recompute; it takes the newest replay
-of the same hook and input ids and draws the same noise from a copy of that state. A recompute with no replay
-adds nothing: its forward added nothing either (suspended, without autograd, scheduled to 0).
+Every noised forward therefore leaves a `Replay`: the generator state before its draw, the per-token scale it
+used, and torch's own RNG state at the call. A call of the hooked module while autograd runs a backward pass is a
+recompute; it takes a replay of the same hook and input ids and draws the same noise from a copy of that state. A
+recompute with no replay adds nothing: its forward added nothing either (suspended, without autograd, scheduled to
+0).
+
+One ids tensor may go through several noised forwards before their backwards (a loss per forward, backpropagated
+in forward order). Checkpointing restores torch's RNG state before it recomputes, so the replay whose recorded
+torch state equals the current one is the recompute's own; it is preferred. Where no recorded state matches
+(`preserve_rng_state=False`) or several do (neftune's own generator and no random op between the forwards), the
+newest is taken: right for a backward that runs in reverse forward order, as one loss over all of them does.
 
 Replays are small (a generator state and one float per token), dropped when used, when training moves to the next
 step, and beyond the newest `MAX_REPLAYS`.
@@ -50,6 +57,7 @@ class Replay:
     rng_state: torch.Tensor
     own_generator: bool  # neftune's own generator (True) or torch's default one (False)
     plan: DrawPlan
+    torch_state: torch.Tensor  # torch's default generator state at the call, which checkpointing restores
 
 
 def ids_key(args: tuple[object, ...]) -> tuple[int, tuple[int, ...]]:
@@ -80,13 +88,20 @@ class ReplayStore:
             self.evicted += 1
         self._replays.append(replay)
 
-    def take(self, owner: int, key: tuple[int, tuple[int, ...]]) -> Replay | None:
-        for index in range(len(self._replays) - 1, -1, -1):
-            replay = self._replays[index]
-            if replay.owner == owner and replay.ids_key == key:
-                del self._replays[index]
-                return replay
-        return None
+    def take(self, owner: int, key: tuple[int, tuple[int, ...]], torch_state: torch.Tensor) -> Replay | None:
+        """The replay of `owner`'s call on these ids whose torch RNG state is `torch_state`, else its newest."""
+        matching = [i for i in range(len(self._replays) - 1, -1, -1) if self._matches(i, owner, key)]
+        if not matching:
+            return None
+        same_state = (i for i in matching if torch.equal(self._replays[i].torch_state, torch_state))
+        index = next(same_state, matching[0])
+        replay = self._replays[index]
+        del self._replays[index]
+        return replay
+
+    def _matches(self, index: int, owner: int, key: tuple[int, tuple[int, ...]]) -> bool:
+        replay = self._replays[index]
+        return replay.owner == owner and replay.ids_key == key
 
     def clear(self) -> None:
         self._replays.clear()
