@@ -97,6 +97,53 @@ def noise_logs(trainer: SFTTrainer) -> list[dict[str, float]]:
     return [entry for entry in trainer.state.log_history if "neftune/noise_rms" in entry]
 
 
+def _boundary_warnings(trainer: SFTTrainer) -> list[str]:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    return [str(w.message) for w in caught if "carry no sequence boundaries" in str(w.message)]
+
+
+def _strip_boundaries(trainer: SFTTrainer) -> None:
+    """Packed batches as TRL 0.19-0.22 without flash attention, or packing_strategy='wrapped', give them: rows
+    with an all-ones attention mask and no position_ids or cu_seq_lens."""
+    collate = trainer.data_collator
+
+    def without_boundaries(rows: list[Any]) -> Any:
+        batch = collate(rows)
+        for key in ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
+            batch.pop(key, None)
+        batch.setdefault("attention_mask", torch.ones_like(batch["input_ids"]))
+        return batch
+
+    trainer.data_collator = without_boundaries
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_packed_rows_without_boundaries_warn_once(tokenizer: Any, tmp_path: Path, strip: bool) -> None:
+    """Whatever this TRL gives: a warning exactly when the packed batches carry no position_ids/cu_seq_lens_q."""
+    trainer = make_trainer(tokenizer, tmp_path, packing=True, max_steps=3)
+    if strip:
+        _strip_boundaries(trainer)
+    sample = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
+    has_boundaries = "position_ids" in sample or "cu_seq_lens_q" in sample
+    if strip:
+        assert not has_boundaries
+    found = _boundary_warnings(trainer)
+    assert len(found) == (0 if has_boundaries else 1), found
+    if found:
+        assert "NEFTune's L is the row's length" in found[0] and "packing_strategy='bfd'" in found[0]
+
+
+def test_unpacked_batches_and_alpha_zero_never_warn_about_boundaries(tokenizer: Any, tmp_path: Path) -> None:
+    assert _boundary_warnings(make_trainer(tokenizer, tmp_path / "a", packing=False, max_steps=2)) == []
+    trainer = make_trainer(tokenizer, tmp_path / "b", packing=True, max_steps=2, neftune_noise_alpha=0.0)
+    _strip_boundaries(trainer)
+    assert _boundary_warnings(trainer) == []
+
+
 @pytest.mark.parametrize("packing", [False, True])
 @pytest.mark.parametrize("data", ["prompt_completion", "conversational"])
 def test_swapping_the_import_gives_paper_noise_during_train_only(

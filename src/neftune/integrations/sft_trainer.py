@@ -8,6 +8,8 @@ from neftune import SFTConfig, SFTTrainer  # instead of: from trl import SFTConf
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Mapping
 from dataclasses import field, make_dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +102,7 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
         self.neftune_noise_alpha = None
         self.neftune_callback = NEFTuneCallback(config, **trainer_options_from_args(self.args))
         self.neftune_callback.attach(self)  # first: it sets up the hooks before any other callback's train begin
+        self._neftune_checked_batch = False
         source = "neftune_noise_alpha of the config" if took_over else "neftune's default"
         logger.info(
             "NEFTune: neftune's implementation is active (alpha=%s from %s, scaling=%s); transformers' own "
@@ -115,11 +118,37 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
         logs.update(self.neftune_callback.log_entries(self.state, logs))
         super().log(logs, *args, **kwargs)
 
+    def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self._neftune_checked_batch:  # the first batch shows what the collator gives every one
+            self._neftune_checked_batch = True
+            _warn_if_packed_rows_have_no_boundaries(self.args, inputs)
+        return super().training_step(model, inputs, *args, **kwargs)
+
     def train(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().train(*args, **kwargs)
         finally:
             self.neftune_callback.release()  # also when training raises
+
+
+BOUNDARY_KEYS = ("position_ids", "cu_seq_lens_q")
+
+
+def _warn_if_packed_rows_have_no_boundaries(args: Any, inputs: Any) -> None:
+    """Packed rows without position_ids or cu_seq_lens_q are one sequence to the model and to neftune alike."""
+    if not getattr(args, "packing", False) or not isinstance(inputs, Mapping):
+        return
+    if any(key in inputs for key in BOUNDARY_KEYS) or neftune_config_from_args(args).alpha == 0:
+        return
+    warnings.warn(
+        f"NEFTune: packing=True (packing_strategy={getattr(args, 'packing_strategy', None)!r}, TRL {trl.__version__}) "
+        "but the training batches carry no sequence boundaries (no position_ids or cu_seq_lens_q): each packed row "
+        "reaches the model as one sequence, so attention crosses example boundaries and NEFTune's L is the row's "
+        "length, not each example's. TRL passes boundaries with packing_strategy='bfd' (TRL 0.19 to 0.22 only under "
+        "attn_implementation='flash_attention_2'); packing_strategy='wrapped' never does.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def _porting_note(model: Any, alpha: float) -> str:
