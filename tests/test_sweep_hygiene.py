@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -271,3 +272,40 @@ def test_a_sweep_saved_with_the_retired_extra_setting_reports_and_resumes(
     assert rebuilt["cells"] == first["cells"] and rebuilt["config"] == first["config"]
     resumed = run_sweep(config, progress=False)
     assert len(trained) == 2 and resumed["cells"] == first["cells"]  # nothing trained again
+
+
+def test_a_time_budget_stops_between_cells_in_seed_order_and_the_rerun_finishes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fake cell takes 10 s of a fake clock: a 25 s budget stops after seed 0's three cells, a 15 s one in the
+    middle of a seed; the rerun continues with that seed's missing cell, then the next seeds in order."""
+    now = [0.0]
+    trained: list[tuple[str, float, str, int]] = []
+
+    def train(config: Any, noise: str, alpha: float, scaling: str, seed: int, *rest: Any) -> Any:
+        now[0] += 10.0
+        trained.append((noise, alpha, scaling, seed))
+        return None, 1.0, [{"loss": 1.5}], {"init": f"i{seed}", "data": f"d{seed}"}
+
+    monkeypatch.setattr(sweep_runner, "_train", train)
+    monkeypatch.setattr(sweep_runner, "_evaluate", lambda *args: (_metrics(), []))
+    monkeypatch.setattr(sweep_runner, "time", SimpleNamespace(time=lambda: now[0]))
+    axes = {"alphas": (0.0, 5.0), "scalings": ("per_sequence", "padded"), "seeds": (0, 1, 2)}
+
+    def sweep(out: Path, budget: float | None) -> None:
+        run_sweep(SweepConfig(output_dir=str(out), time_budget=budget, **axes, **SMALL), progress=False)
+
+    seed_0 = [("none", 0.0, "none", 0), ("uniform", 5.0, "per_sequence", 0), ("uniform", 5.0, "padded", 0)]
+    sweep(tmp_path / "a", 25.0)
+    assert trained == seed_0
+    trained.clear()
+    sweep(tmp_path / "a", None)
+    assert [cell[3] for cell in trained] == [1, 1, 1, 2, 2, 2]
+
+    trained.clear()
+    sweep(tmp_path / "b", 15.0)
+    assert trained == seed_0[:2]
+    trained.clear()
+    sweep(tmp_path / "b", None)
+    assert trained[0] == seed_0[2] and [cell[3] for cell in trained[1:]] == [1, 1, 1, 2, 2, 2]
+    assert len(list((tmp_path / "b" / "cells").glob("*-seed*.json"))) == 9
