@@ -94,7 +94,7 @@ class NoiseHook:
             return None
         if in_backward():  # activation checkpointing recomputes this forward: add what the forward added
             device = output.device if isinstance(output, torch.Tensor) else torch.device("cpu")
-            replay = state.replays.take(id(self), ids_key(args), default_generator(device).get_state())
+            replay = state.replays.take(id(self), ids_key(args), lambda: default_generator(device).get_state())
             if replay is None and state.replays.evicted:
                 self._warn_replay_evicted()
             return None if replay is None else self._replay(replay, output)

@@ -24,6 +24,7 @@ step, and beyond the newest `MAX_REPLAYS`.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -88,13 +89,18 @@ class ReplayStore:
             self.evicted += 1
         self._replays.append(replay)
 
-    def take(self, owner: int, key: tuple[int, tuple[int, ...]], torch_state: torch.Tensor) -> Replay | None:
-        """The replay of `owner`'s call on these ids whose torch RNG state is `torch_state`, else its newest."""
+    def take(
+        self, owner: int, key: tuple[int, tuple[int, ...]], torch_state: Callable[[], torch.Tensor]
+    ) -> Replay | None:
+        """The replay of `owner`'s call on these ids whose torch RNG state is `torch_state()` (read only when
+        several match), else its newest."""
         matching = [i for i in range(len(self._replays) - 1, -1, -1) if self._matches(i, owner, key)]
         if not matching:
             return None
-        same_state = (i for i in matching if torch.equal(self._replays[i].torch_state, torch_state))
-        index = next(same_state, matching[0])
+        index = matching[0]
+        if len(matching) > 1:
+            now = torch_state()
+            index = next((i for i in matching if torch.equal(self._replays[i].torch_state, now)), index)
         replay = self._replays[index]
         del self._replays[index]
         return replay
