@@ -272,6 +272,128 @@ def test_two_forwards_with_one_loss_recompute_their_own_noise_without_dropout(ro
     assert difference == 0.0, f"max gradient difference {difference}"
 
 
+class NestedNet(nn.Module):
+    """An outer checkpointed region holding an inner checkpointed one with the embedding: the embedding runs in the
+    outer region's recompute and again in the inner one's, both in one backward."""
+
+    def __init__(self, outer: str | None, inner: str) -> None:
+        super().__init__()
+        self.outer, self.inner = outer, inner
+        self.embed = nn.Embedding(32, HIDDEN)
+        self.dropout = nn.Dropout(0.3)
+        self.layer = nn.Linear(HIDDEN, HIDDEN)
+        self.gate = nn.Parameter(torch.ones(HIDDEN))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed
+
+    def _inner(self, input_ids: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.layer(self.dropout(self.embed(input_ids)))) * gate
+
+    def _outer(self, input_ids: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        hidden = checkpoint(self._inner, input_ids, gate, use_reentrant=self.inner == "reentrant")
+        result: torch.Tensor = self.layer(hidden) * gate
+        return result
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.outer is None:
+            hidden = self._inner(input_ids, self.gate)
+            hidden = self.layer(hidden) * self.gate
+        else:
+            hidden = checkpoint(self._outer, input_ids, self.gate, use_reentrant=self.outer == "reentrant")
+        return hidden.square().sum()
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def _max_difference(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    assert len(got) == len(expected) > 0
+    return max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("rng_mode", ["global_rng", "seeded"])
+@pytest.mark.parametrize(("outer", "inner"), [("non_reentrant", "non_reentrant"), ("reentrant", "non_reentrant")])
+def test_nested_checkpoints_recompute_the_forwards_noise_twice(outer: str, inner: str, rng_mode: str) -> None:
+    config = NEFTuneConfig(alpha=ALPHA, **RNG_MODES[rng_mode])
+    ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(4))
+    results = []
+    for mode in (None, outer):
+        torch.manual_seed(0)
+        model = NestedNet(mode, inner)
+        handle = apply_neftune(model, config)
+        model.train()
+        torch.manual_seed(5)
+        model(ids).backward()
+        results.append((_grads(model), handle.counts.noised))
+    assert _max_difference(results[1][0], results[0][0]) == 0.0
+    assert results[0][1] == results[1][1] == 1
+
+
+@pytest.mark.parametrize("rng_mode", ["global_rng", "seeded"])
+@pytest.mark.parametrize("route", ["reentrant", "non_reentrant"])
+def test_a_second_backward_of_a_retained_graph_recomputes_the_same_noise(route: str, rng_mode: str) -> None:
+    config = NEFTuneConfig(alpha=ALPHA, **RNG_MODES[rng_mode])
+    ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(4))
+    results = []
+    for mode in ("plain", route):
+        torch.manual_seed(0)
+        model = BUILDERS[mode]() if mode != "plain" else CheckpointedNet("plain")
+        apply_neftune(model, config)
+        model.train()
+        torch.manual_seed(5)
+        loss = model(ids)
+        loss.backward(retain_graph=True)
+        first = _grads(model)
+        model.zero_grad()
+        loss.backward()
+        results.append(first + _grads(model))
+    assert _max_difference(results[1], results[0]) == 0.0
+
+
+@pytest.mark.parametrize("rng_mode", ["global_rng", "seeded"])
+@pytest.mark.parametrize("route", ["reentrant", "non_reentrant"])
+def test_a_forward_without_noise_of_the_same_ids_recomputes_without_noise(route: str, rng_mode: str) -> None:
+    """A noised and a clean loss of one batch, backpropagated together: the clean forward's recompute must not take
+    the noised one's replay (and leave the noised one's recompute without)."""
+    config = NEFTuneConfig(alpha=ALPHA, **RNG_MODES[rng_mode])
+    ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(4))
+    results = []
+    for mode in ("plain", route):
+        torch.manual_seed(0)
+        model = BUILDERS[mode]() if mode != "plain" else CheckpointedNet("plain")
+        handle = apply_neftune(model, config)
+        model.train()
+        torch.manual_seed(5)
+        noisy = model(ids)
+        with disable_noise(model):
+            clean = model(ids)
+        (noisy + 2 * clean).backward()
+        results.append(_grads(model))
+        assert handle.counts.noised == 1 and handle.counts.suspended == 1
+    assert _max_difference(results[1], results[0]) == 0.0
+
+
+def test_replays_already_recomputed_are_evicted_first_and_do_not_warn() -> None:
+    from neftune.replay import MAX_REPLAYS
+
+    model = CheckpointedNet("non_reentrant")
+    handle = apply_neftune(model, NEFTuneConfig(alpha=ALPHA, seed=3))
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 32, (2, 6), generator=generator) for _ in range(MAX_REPLAYS + 1)]
+    model(batches[0]).backward()  # recomputed: its replay may go first
+    losses = [model(ids) for ids in batches[1:]]  # 16 more forwards, the store holds 16
+    assert len(handle._state.replays) == MAX_REPLAYS and handle._state.replays.evicted == 0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        losses[0].backward()  # its replay survived
+    model.zero_grad()
+
+
 def test_replays_are_dropped_at_every_step_and_bounded() -> None:
     from neftune.replay import MAX_REPLAYS
 

@@ -14,7 +14,7 @@ from .layout import scalar_magnitude, token_magnitudes
 from .model_families import embed_scale
 from .noise import draw_unit_noise, noise_distribution
 from .replay import MAX_REPLAYS, DrawPlan, Replay, default_generator, ids_key, in_backward
-from .state import NoiseState
+from .state import CountReason, NoiseState
 
 
 def _as_batch(output: torch.Tensor, module_name: str) -> torch.Tensor | None:
@@ -97,18 +97,22 @@ class NoiseHook:
             replay = state.replays.take(id(self), ids_key(args), lambda: default_generator(device).get_state())
             if replay is None and state.replays.evicted:
                 self._warn_replay_evicted()
-            return None if replay is None else self._replay(replay, output)
+            return None if replay is None or replay.plan is None else self._replay(replay, output)
+        silent: CountReason | None = None
         if not state.enabled:
-            state.count("suspended")
-            return None
-        if state.skip_no_grad and not torch.is_grad_enabled():
-            state.count("no_grad")
-            return None
-        if state.schedule.is_zero:
-            state.count("scheduled_off")
-            return None
-        if state.quiet_inside and state.stack.inside_any(state.quiet_inside):
-            state.count("suspended")
+            silent = "suspended"
+        elif state.skip_no_grad and not torch.is_grad_enabled():
+            silent = "no_grad"
+        elif state.schedule.is_zero:
+            silent = "scheduled_off"
+        elif state.quiet_inside and state.stack.inside_any(state.quiet_inside):
+            silent = "suspended"
+        if silent is not None:
+            state.count(silent)
+            if isinstance(output, torch.Tensor) and not torch.compiler.is_compiling():
+                # its recompute must add nothing, not the noise of an earlier forward of the same ids
+                torch_state = default_generator(output.device).get_state()
+                state.replays.add(Replay(id(self), ids_key(args), torch_state, False, None, torch_state))
             return None
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             raise NEFTuneError(
@@ -213,6 +217,7 @@ class NoiseHook:
 
     def _replay(self, replay: Replay, output: torch.Tensor) -> torch.Tensor:
         """The forward's noise again, from a copy of the generator state it drew from."""
+        assert replay.plan is not None
         batched = _as_batch(output, self.module_name)
         assert batched is not None
         copy = torch.Generator(device=output.device)

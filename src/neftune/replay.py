@@ -5,25 +5,30 @@ region's forward again during backward. An embedding inside such a region would 
 own generators are not among the RNG states torch restores) and would see no layout (the enclosing forwards have
 returned), so the recomputed activations, and with them the gradients, would differ from the forward's.
 
-Every noised forward therefore leaves a `Replay`: the generator state before its draw, the per-token scale it
-used, and torch's own RNG state at the call. A call of the hooked module while autograd runs a backward pass is a
-recompute; it takes a replay of the same hook and input ids and draws the same noise from a copy of that state. A
-recompute with no replay adds nothing: its forward added nothing either (suspended, without autograd, scheduled to
-0).
+Every forward in training mode therefore leaves a `Replay`: the generator state before its draw, the per-token
+scale it used, and torch's own RNG state at the call; a forward that added nothing (suspended, without autograd,
+scheduled to 0) leaves one without a plan, which replays as nothing. A call of the hooked module while autograd
+runs a backward pass is a recompute; it takes a replay of the same hook and input ids and draws the same noise
+from a copy of that state. A recompute with no replay at all adds nothing.
 
-One ids tensor may go through several noised forwards before their backwards (a loss per forward, backpropagated
-in forward order). Checkpointing restores torch's RNG state before it recomputes, so the replay whose recorded
-torch state equals the current one is the recompute's own; it is preferred. Where no recorded state matches
-(`preserve_rng_state=False`) or several do (neftune's own generator and no random op between the forwards), the
-newest is taken: right for a backward that runs in reverse forward order, as one loss over all of them does.
+A replay stays after its recompute: nested checkpoints recompute one forward twice in one backward (the outer
+region's recompute runs the inner region, whose own recompute runs it again), and a second backward of a graph
+kept with `retain_graph=True` recomputes it again. Each must add the forward's noise.
 
-Replays are small (a generator state and one float per token), dropped when used, when training moves to the next
-step, and beyond the newest `MAX_REPLAYS`.
+One ids tensor may go through several forwards before their backwards (a loss per forward, backpropagated in
+forward order). Checkpointing restores torch's RNG state before it recomputes, so the replays whose recorded
+torch state equals the current one are the recompute's candidates. Among the candidates (all of the ids' replays
+where none matches, `preserve_rng_state=False`) the least recomputed is taken, the newest of those first: right
+for a backward that runs in reverse forward order, as one loss over all of them does. Where torch's state cannot
+tell forwards apart (neftune's own generator, no random op between them, or `preserve_rng_state=False`) and their
+backwards run in forward order, a recompute takes a later forward's noise.
+
+Replays are small (a generator state and one float per token), dropped when training moves to the next step and
+beyond the newest `MAX_REPLAYS` (replays already recomputed first).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,7 +62,7 @@ class Replay:
     ids_key: tuple[int, tuple[int, ...]]
     rng_state: torch.Tensor
     own_generator: bool  # neftune's own generator (True) or torch's default one (False)
-    plan: DrawPlan
+    plan: DrawPlan | None  # None: the forward added no noise (suspended, without autograd, scheduled to 0)
     torch_state: torch.Tensor  # torch's default generator state at the call, which checkpointing restores
 
 
@@ -78,39 +83,48 @@ def default_generator(device: torch.device) -> torch.Generator:
 
 
 class ReplayStore:
-    """The replays of one application's noised forwards, newest last."""
+    """The replays of one application's forwards, oldest first, each with how often a recompute took it."""
 
     def __init__(self) -> None:
-        self._replays: deque[Replay] = deque(maxlen=MAX_REPLAYS)
-        self.evicted = 0  # replays pushed out by newer ones since the last clear: a recompute may miss its own
+        self._replays: list[Replay] = []
+        self._uses: list[int] = []
+        self.evicted = 0  # never-recomputed replays pushed out since the last clear: a recompute may miss its own
 
     def add(self, replay: Replay) -> None:
         if len(self._replays) == MAX_REPLAYS:
-            self.evicted += 1
+            used = next((i for i, uses in enumerate(self._uses) if uses), None)
+            if used is None:
+                self.evicted += 1
+            self._drop(0 if used is None else used)
         self._replays.append(replay)
+        self._uses.append(0)
 
     def take(
         self, owner: int, key: tuple[int, tuple[int, ...]], torch_state: Callable[[], torch.Tensor]
     ) -> Replay | None:
-        """The replay of `owner`'s call on these ids whose torch RNG state is `torch_state()` (read only when
-        several match), else its newest."""
+        """The replay of `owner`'s call on these ids for this recompute: among those whose torch RNG state is
+        `torch_state()` (read only when several match; all of them where none is), the least taken, newest first."""
         matching = [i for i in range(len(self._replays) - 1, -1, -1) if self._matches(i, owner, key)]
         if not matching:
             return None
-        index = matching[0]
         if len(matching) > 1:
             now = torch_state()
-            index = next((i for i in matching if torch.equal(self._replays[i].torch_state, now)), index)
-        replay = self._replays[index]
-        del self._replays[index]
-        return replay
+            matching = [i for i in matching if torch.equal(self._replays[i].torch_state, now)] or matching
+        index = min(matching, key=lambda i: (self._uses[i], -i))
+        self._uses[index] += 1
+        return self._replays[index]
 
     def _matches(self, index: int, owner: int, key: tuple[int, tuple[int, ...]]) -> bool:
         replay = self._replays[index]
         return replay.owner == owner and replay.ids_key == key
 
+    def _drop(self, index: int) -> None:
+        del self._replays[index]
+        del self._uses[index]
+
     def clear(self) -> None:
         self._replays.clear()
+        self._uses.clear()
         self.evicted = 0
 
     def __len__(self) -> int:
