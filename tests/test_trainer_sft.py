@@ -144,6 +144,39 @@ def test_unpacked_batches_and_alpha_zero_never_warn_about_boundaries(tokenizer: 
     assert _boundary_warnings(trainer) == []
 
 
+def test_padding_free_rows_without_boundaries_warn_once(tokenizer: Any, tmp_path: Path) -> None:
+    """padding_free=True flattens each batch into one row, packed or not (TRL 0.19 without flash attention gives it
+    no position_ids): the same one-sequence row as unbounded packing."""
+    trainer = make_trainer(tokenizer, tmp_path, packing=False, padding_free=True, max_length=None, max_steps=2)
+    _strip_boundaries(trainer)
+    found = _boundary_warnings(trainer)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"NEFTune: padding_free=True with TRL {trl.__version__}, but")
+
+
+def test_a_collator_giving_cu_seqlens_only_does_not_warn(tokenizer: Any, tmp_path: Path) -> None:
+    """neftune reads boundaries from `cu_seqlens` too (model_families.CU_SEQLENS_NAMES): no false alarm."""
+    trainer = make_trainer(tokenizer, tmp_path, packing=True, max_steps=2)
+    _strip_boundaries(trainer)
+    stripped = trainer.data_collator
+
+    def with_cu_seqlens(rows: list[Any]) -> Any:
+        batch = stripped(rows)
+        batch["cu_seqlens"] = torch.tensor([0, batch["input_ids"].shape[1]], dtype=torch.int32)
+        return batch
+
+    trainer.data_collator = with_cu_seqlens
+    # the model does not take cu_seqlens: the batch is checked, then the key is dropped before the forward
+    original = trainer.compute_loss
+
+    def compute_loss(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        inputs.pop("cu_seqlens", None)
+        return original(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = compute_loss
+    assert _boundary_warnings(trainer) == []
+
+
 @pytest.mark.parametrize("packing", [False, True])
 @pytest.mark.parametrize("data", ["prompt_completion", "conversational"])
 def test_swapping_the_import_gives_paper_noise_during_train_only(

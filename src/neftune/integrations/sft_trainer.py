@@ -18,7 +18,7 @@ import trl
 from ..config import NEFTuneConfig
 from ..discovery import select_targets
 from ..errors import NEFTuneError
-from ..model_families import embed_scale_factor
+from ..model_families import CU_SEQLENS_NAMES, POSITION_IDS_NAME, embed_scale_factor
 from ..options import ALPHA, FIELD_OPTIONS, NOISE_OPTIONS, TRAINER_OPTIONS, Option
 from .callback import NEFTuneCallback
 
@@ -131,21 +131,30 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
             self.neftune_callback.release()  # also when training raises
 
 
-BOUNDARY_KEYS = ("position_ids", "cu_seq_lens_q")
+BOUNDARY_KEYS = (*CU_SEQLENS_NAMES, POSITION_IDS_NAME)  # what neftune's layout reads sequence boundaries from
 
 
 def _warn_if_packed_rows_have_no_boundaries(args: Any, inputs: Any) -> None:
-    """Packed rows without position_ids or cu_seq_lens_q are one sequence to the model and to neftune alike."""
-    if not getattr(args, "packing", False) or not isinstance(inputs, Mapping):
+    """Packed or padding-free rows without position_ids or cu_seq_lens are one sequence to the model and to neftune.
+
+    `padding_free=True` flattens a batch into one row like packing does; TRL 0.19 gives it position_ids only
+    under flash attention."""
+    packing, padding_free = bool(getattr(args, "packing", False)), bool(getattr(args, "padding_free", False))
+    if not (packing or padding_free) or not isinstance(inputs, Mapping):
         return
-    if any(key in inputs for key in BOUNDARY_KEYS) or neftune_config_from_args(args).alpha == 0:
+    if any(inputs.get(key) is not None for key in BOUNDARY_KEYS) or neftune_config_from_args(args).alpha == 0:
         return
+    if packing:
+        setting = f"packing=True (packing_strategy={getattr(args, 'packing_strategy', None)!r}"
+        setting += ", padding_free=True)" if padding_free else ")"
+    else:
+        setting = "padding_free=True"
     warnings.warn(
-        f"NEFTune: packing=True (packing_strategy={getattr(args, 'packing_strategy', None)!r}, TRL {trl.__version__}) "
-        "but the training batches carry no sequence boundaries (no position_ids or cu_seq_lens_q): each packed row "
-        "reaches the model as one sequence, so attention crosses example boundaries and NEFTune's L is the row's "
-        "length, not each example's. TRL passes boundaries with packing_strategy='bfd' (TRL 0.19 to 0.22 only under "
-        "attn_implementation='flash_attention_2'); packing_strategy='wrapped' never does.",
+        f"NEFTune: {setting} with TRL {trl.__version__}, but the training batches carry no sequence boundaries (no "
+        "position_ids or cu_seq_lens_q): each packed row reaches the model as one sequence, so attention crosses "
+        "example boundaries and NEFTune's L is the row's length, not each example's. TRL passes boundaries with "
+        "packing_strategy='bfd' (named 'ffd' in TRL 0.19) and with padding_free=True, in TRL 0.19 to 0.22 only "
+        "under attn_implementation='flash_attention_2'; packing_strategy='wrapped' without padding_free never does.",
         RuntimeWarning,
         stacklevel=2,
     )
