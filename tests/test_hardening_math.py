@@ -394,6 +394,54 @@ def test_replays_already_recomputed_are_evicted_first_and_do_not_warn() -> None:
     model.zero_grad()
 
 
+def test_forwards_skipped_without_autograd_between_a_forward_and_its_backward_leave_its_replay() -> None:
+    """Generation or a reference model of the same ids tensor without autograd (`skip_no_grad`) between a noised
+    forward and its backward: they leave no replay, so the recompute takes the noised forward's, with no warning."""
+    import warnings
+
+    from neftune.replay import MAX_REPLAYS
+
+    ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(4))
+    results = []
+    for mode in ("plain", "non_reentrant"):
+        torch.manual_seed(0)
+        model = CheckpointedNet(mode)
+        model.stages[1].p = 0.0  # torch's RNG state could not tell the forwards apart
+        handle = apply_neftune(model, NEFTuneConfig(alpha=ALPHA, seed=6), skip_no_grad=True)
+        model.train()
+        loss = model(ids)
+        with torch.no_grad():
+            for _ in range(MAX_REPLAYS + 4):
+                model(ids)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss.backward()
+        results.append(_grads(model))
+        assert handle.counts.noised == 1 and handle.counts.no_grad == MAX_REPLAYS + 4
+    assert _max_difference(results[1], results[0]) == 0.0
+
+
+def test_noiseless_replays_never_push_out_a_noised_one_still_to_be_recomputed() -> None:
+    from neftune.replay import MAX_REPLAYS
+
+    model = CheckpointedNet("non_reentrant")
+    handle = apply_neftune(model, NEFTuneConfig(alpha=ALPHA, seed=6))
+    model.train()
+    generator = torch.Generator().manual_seed(1)
+    noised = [model(torch.randint(0, 32, (2, 6), generator=generator)) for _ in range(3)]
+    with disable_noise(model):
+        for _ in range(2 * MAX_REPLAYS):
+            model(torch.randint(0, 32, (2, 6), generator=generator))
+    store = handle._state.replays
+    plans = [replay.plan for replay in store._replays]
+    assert len(plans) == MAX_REPLAYS and sum(plan is not None for plan in plans) == 3
+    assert store.evicted == 0
+    for _ in range(MAX_REPLAYS):  # noised forwards do push out the oldest noised one, and that is counted
+        model(torch.randint(0, 32, (2, 6), generator=generator))
+    assert all(replay.plan is not None for replay in store._replays) and store.evicted == 3
+    del noised
+
+
 def test_replays_are_dropped_at_every_step_and_bounded() -> None:
     from neftune.replay import MAX_REPLAYS
 

@@ -109,8 +109,10 @@ class NoiseHook:
             silent = "suspended"
         if silent is not None:
             state.count(silent)
-            if isinstance(output, torch.Tensor) and not torch.compiler.is_compiling():
-                # its recompute must add nothing, not the noise of an earlier forward of the same ids
+            if silent != "no_grad" and isinstance(output, torch.Tensor) and not torch.compiler.is_compiling():
+                # its recompute must add nothing, not the noise of an earlier forward of the same ids. Forwards
+                # skipped for running without autograd (generation, reference models) leave none: they build no
+                # graph to recompute, and their records would compete with the noised forward's of the same ids.
                 torch_state = default_generator(output.device).get_state()
                 state.replays.add(Replay(id(self), ids_key(args), torch_state, False, None, torch_state))
             return None

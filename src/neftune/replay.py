@@ -6,8 +6,8 @@ own generators are not among the RNG states torch restores) and would see no lay
 returned), so the recomputed activations, and with them the gradients, would differ from the forward's.
 
 Every forward in training mode therefore leaves a `Replay`: the generator state before its draw, the per-token
-scale it used, and torch's own RNG state at the call; a forward that added nothing (suspended, without autograd,
-scheduled to 0) leaves one without a plan, which replays as nothing. A call of the hooked module while autograd
+scale it used, and torch's own RNG state at the call; a forward that added nothing (suspended, scheduled to 0)
+leaves one without a plan, which replays as nothing. A call of the hooked module while autograd
 runs a backward pass is a recompute; it takes a replay of the same hook and input ids and draws the same noise
 from a copy of that state. A recompute with no replay at all adds nothing.
 
@@ -24,7 +24,9 @@ tell forwards apart (neftune's own generator, no random op between them, or `pre
 backwards run in forward order, a recompute takes a later forward's noise.
 
 Replays are small (a generator state and one float per token), dropped when training moves to the next step and
-beyond the newest `MAX_REPLAYS` (replays already recomputed first).
+beyond the newest `MAX_REPLAYS`: replays already recomputed go first, then noiseless ones, which never push out a
+noised replay still to be recomputed. Forwards skipped for running without autograd (`skip_no_grad`: generation,
+reference models) leave none: they build no graph to recompute.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Replay:
     ids_key: tuple[int, tuple[int, ...]]
     rng_state: torch.Tensor
     own_generator: bool  # neftune's own generator (True) or torch's default one (False)
-    plan: DrawPlan | None  # None: the forward added no noise (suspended, without autograd, scheduled to 0)
+    plan: DrawPlan | None  # None: the forward added no noise (suspended, scheduled to 0)
     torch_state: torch.Tensor  # torch's default generator state at the call, which checkpointing restores
 
 
@@ -92,10 +94,15 @@ class ReplayStore:
 
     def add(self, replay: Replay) -> None:
         if len(self._replays) == MAX_REPLAYS:
+            # make room: a replay already recomputed, else the oldest that adds no noise; a noiseless replay never
+            # pushes out one whose noise is still to be recomputed
             used = next((i for i, uses in enumerate(self._uses) if uses), None)
-            if used is None:
+            silent = next((i for i, r in enumerate(self._replays) if r.plan is None), None)
+            if used is None and silent is None and replay.plan is None:
+                return
+            if used is None and silent is None:
                 self.evicted += 1
-            self._drop(0 if used is None else used)
+            self._drop(used if used is not None else silent if silent is not None else 0)
         self._replays.append(replay)
         self._uses.append(0)
 
