@@ -137,7 +137,8 @@ def test_split_refuses_sizes_that_do_not_cut_the_file_exactly(tmp_path: Path) ->
     assert not (tmp_path / "parts").exists()
 
 
-def _on_device(root: Path, *steps: str) -> subprocess.CompletedProcess[str]:
+def _on_device(root: Path, *steps: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """on_device.sh STEPS in the checkout `root`, its /tmp folders inside it; `env` adds or overrides variables."""
     python = Path(sys.executable).parent
     return subprocess.run(
         ["bash", str(root / "benchmarks" / "gpu" / "on_device.sh"), *steps],
@@ -150,6 +151,7 @@ def _on_device(root: Path, *steps: str) -> subprocess.CompletedProcess[str]:
             "HOME": str(root),
             "NEFTUNE_SITE": str(root / "site"),
             "NEFTUNE_PARTS": str(root / "parts"),
+            **env,
         },
         timeout=120,
     )
@@ -465,21 +467,7 @@ def test_on_device_replicate_keeps_cells_across_calls_and_returns_only_new_files
     kept = tmp_path / "kept"  # what an earlier call to this machine finished, lost from the tree copy
     (kept / "SmolLM2-135M-Instruct" / "cells").mkdir(parents=True)
     (kept / "SmolLM2-135M-Instruct" / "cells" / "earlier-seed0.json").write_text("{}")
-    result = subprocess.run(
-        ["bash", str(root / "benchmarks" / "gpu" / "on_device.sh"), "replicate"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env={
-            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-            "OUT": str(root / "out"),
-            "HOME": str(root),
-            "NEFTUNE_SITE": str(root / "site"),
-            "NEFTUNE_STUDY": str(kept),
-            "BUDGET": "60",
-        },
-        timeout=120,
-    )
+    result = _on_device(root, "replicate", NEFTUNE_STUDY=str(kept), BUDGET="60")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SmolLM2-135M-Instruct 4 of 25 cells" in result.stdout
     prefix = "benchmarks/quality/gpu-replication/SmolLM2-135M-Instruct/"

@@ -218,6 +218,15 @@ def test_checkpoint_recompute_of_a_suspended_forward_adds_no_noise() -> None:
         assert b.grad is not None and torch.equal(a, b.grad)
 
 
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def _max_difference(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    assert len(got) == len(expected) > 0
+    return max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True))
+
+
 def _two_forwards_then_backwards_in_order(model: nn.Module, config: NEFTuneConfig) -> list[torch.Tensor]:
     """The same ids tensor through two noised forwards, then each loss's backward in forward order."""
     apply_neftune(model, config)
@@ -229,7 +238,7 @@ def _two_forwards_then_backwards_in_order(model: nn.Module, config: NEFTuneConfi
     for loss in (first, second):
         model.zero_grad()
         loss.backward()
-        grads += [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+        grads += _grads(model)
     return grads
 
 
@@ -246,9 +255,7 @@ def test_two_forwards_of_one_ids_tensor_each_recompute_their_own_noise(route: st
     checkpointed.load_state_dict(plain.state_dict())
     expected = _two_forwards_then_backwards_in_order(plain, config)
     got = _two_forwards_then_backwards_in_order(checkpointed, config)
-    assert len(got) == len(expected) > 0
-    difference = max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True))
-    assert difference == 0.0, f"max gradient difference {difference}"
+    assert _max_difference(got, expected) == 0.0
 
 
 @pytest.mark.parametrize("route", ["reentrant", "non_reentrant"])
@@ -267,9 +274,8 @@ def test_two_forwards_with_one_loss_recompute_their_own_noise_without_dropout(ro
         model.train()
         ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(4))
         (model(ids) + 2 * model(ids)).backward()
-        grads.append([p.grad.detach().clone() for p in model.parameters() if p.grad is not None])
-    difference = max(float((a - b).abs().max()) for a, b in zip(*grads, strict=True))
-    assert difference == 0.0, f"max gradient difference {difference}"
+        grads.append(_grads(model))
+    assert _max_difference(grads[1], grads[0]) == 0.0
 
 
 class NestedNet(nn.Module):
@@ -302,15 +308,6 @@ class NestedNet(nn.Module):
         else:
             hidden = checkpoint(self._outer, input_ids, self.gate, use_reentrant=self.outer == "reentrant")
         return hidden.square().sum()
-
-
-def _grads(model: nn.Module) -> list[torch.Tensor]:
-    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
-
-
-def _max_difference(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
-    assert len(got) == len(expected) > 0
-    return max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True))
 
 
 @pytest.mark.parametrize("rng_mode", ["global_rng", "seeded"])

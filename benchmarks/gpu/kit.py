@@ -350,8 +350,10 @@ def plan_calls(model_bytes: int, tree: int, with_wheels: int) -> tuple[list[int]
     return sizes, calls
 
 
-def path_bytes(path: Path) -> int:
-    return folder_bytes(path) if path.is_dir() else path.stat().st_size
+def call_bytes(carry: list[str], tree: int, root: Path = ROOT) -> int:
+    """What one call sends: the working tree and the carried paths that exist."""
+    paths = [root / name for name in carry if (root / name).exists()]
+    return tree + sum(folder_bytes(path) if path.is_dir() else path.stat().st_size for path in paths)
 
 
 def stale(manifest: dict[str, Any], root: Path = ROOT, tree: int | None = None) -> list[str]:
@@ -366,7 +368,7 @@ def stale(manifest: dict[str, Any], root: Path = ROOT, tree: int | None = None) 
         if missing:
             problems.append(f"call {number}: {', '.join(missing)} missing")
             continue
-        total = tree + sum(path_bytes(root / name) for name in carry)
+        total = call_bytes(carry, tree, root)
         if total > CARRY_LIMIT:
             problems.append(f"call {number}: {total / 2**20:.1f} MiB with the tree, over {CARRY_LIMIT / 2**20:.0f}")
     return problems
@@ -414,7 +416,7 @@ def build(kit: Path) -> dict[str, Any]:
 
 def print_calls(manifest: dict[str, Any], tree: int) -> None:
     for number, carry in enumerate(manifest["calls"], 1):
-        size = tree + sum(path_bytes(ROOT / name) for name in carry if (ROOT / name).exists())
+        size = call_bytes(carry, tree)
         print(f"  call {number}: carry {json.dumps(carry)} ({size / 2**20:.1f} MiB with the tree)")
 
 

@@ -111,19 +111,15 @@ class ReplayStore:
     ) -> Replay | None:
         """The replay of `owner`'s call on these ids for this recompute: among those whose torch RNG state is
         `torch_state()` (read only when several match; all of them where none is), the least taken, newest first."""
-        matching = [i for i in range(len(self._replays) - 1, -1, -1) if self._matches(i, owner, key)]
+        matching = [i for i, r in enumerate(self._replays) if r.owner == owner and r.ids_key == key]
         if not matching:
             return None
         if len(matching) > 1:
             now = torch_state()
             matching = [i for i in matching if torch.equal(self._replays[i].torch_state, now)] or matching
-        index = min(matching, key=lambda i: (self._uses[i], -i))
+        index = min(matching, key=lambda i: (self._uses[i], -i))  # fewest uses, then the newest
         self._uses[index] += 1
         return self._replays[index]
-
-    def _matches(self, index: int, owner: int, key: tuple[int, tuple[int, ...]]) -> bool:
-        replay = self._replays[index]
-        return replay.owner == owner and replay.ids_key == key
 
     def _drop(self, index: int) -> None:
         del self._replays[index]

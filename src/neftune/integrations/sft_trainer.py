@@ -121,7 +121,7 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
     def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         if not self._neftune_checked_batch:  # the first batch shows what the collator gives every one
             self._neftune_checked_batch = True
-            _warn_if_packed_rows_have_no_boundaries(self.args, inputs)
+            _warn_if_packed_rows_have_no_boundaries(self.args, inputs, self.neftune_callback.config.alpha)
         return super().training_step(model, inputs, *args, **kwargs)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
@@ -134,7 +134,7 @@ class SFTTrainer(trl.SFTTrainer):  # type: ignore[misc]
 BOUNDARY_KEYS = (*CU_SEQLENS_NAMES, POSITION_IDS_NAME)  # what neftune's layout reads sequence boundaries from
 
 
-def _warn_if_packed_rows_have_no_boundaries(args: Any, inputs: Any) -> None:
+def _warn_if_packed_rows_have_no_boundaries(args: Any, inputs: Any, alpha: float) -> None:
     """Packed or padding-free rows without position_ids or cu_seq_lens are one sequence to the model and to neftune.
 
     `padding_free=True` flattens a batch into one row like packing does; TRL 0.19 gives it position_ids only
@@ -142,7 +142,7 @@ def _warn_if_packed_rows_have_no_boundaries(args: Any, inputs: Any) -> None:
     packing, padding_free = bool(getattr(args, "packing", False)), bool(getattr(args, "padding_free", False))
     if not (packing or padding_free) or not isinstance(inputs, Mapping):
         return
-    if any(inputs.get(key) is not None for key in BOUNDARY_KEYS) or neftune_config_from_args(args).alpha == 0:
+    if any(inputs.get(key) is not None for key in BOUNDARY_KEYS) or alpha == 0:
         return
     if packing:
         setting = f"packing=True (packing_strategy={getattr(args, 'packing_strategy', None)!r}"
